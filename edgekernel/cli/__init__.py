@@ -1,0 +1,1 @@
+"""The `edgekernel` command line: one typer module per program."""

@@ -1,0 +1,198 @@
+"""Pydantic models for every file a user writes. Unknown keys are refused everywhere.
+
+Relative paths in a file are resolved against the folder that holds the file (the loader passes it
+as ``base_dir`` in the validation context).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from edgekernel.protocol.codec import DEFAULT_MAX_PAYLOAD, Encoding
+from edgekernel.protocol.topics import ID_PATTERN
+
+Id = Annotated[str, Field(pattern=f"^{ID_PATTERN}$", description="1-63 of a-z 0-9 _ -")]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir") if info.context else None
+    path = path.expanduser()
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return path
+
+
+FilePath = Annotated[Path, AfterValidator(_resolve)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Model):
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    insecure: bool = Field(False, description="skip host name verification (testing only)")
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class ReconnectConfig(_Model):
+    min_delay_s: Seconds = 0.5
+    max_delay_s: Seconds = 30.0
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.5
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReconnectConfig:
+        if self.max_delay_s < self.min_delay_s:
+            raise ValueError("max_delay_s must be at least min_delay_s")
+        return self
+
+
+class BrokerConfig(_Model):
+    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: FilePath | None = None
+    tls: TlsConfig | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=65535)] = 30
+    session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 3600
+    reconnect: ReconnectConfig = ReconnectConfig()
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parse_broker_url(url)
+        return url
+
+    @model_validator(mode="after")
+    def _one_password(self) -> BrokerConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
+
+    @property
+    def host(self) -> str:
+        return parse_broker_url(self.url)[1]
+
+    @property
+    def port(self) -> int:
+        return parse_broker_url(self.url)[2]
+
+    @property
+    def uses_tls(self) -> bool:
+        return parse_broker_url(self.url)[0] == "mqtts" or self.tls is not None
+
+    def with_url(self, url: str) -> BrokerConfig:
+        parse_broker_url(url)
+        return self.model_copy(update={"url": url})
+
+
+def parse_broker_url(url: str) -> tuple[str, str, int]:
+    """``mqtt://host[:port]`` or ``mqtts://host[:port]`` → (scheme, host, port)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"broker url {url!r} must start with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError(f"broker url {url!r} has no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"broker url {url!r} may only hold scheme, host and port")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"broker url {url!r} has a bad port") from None
+    if port is None:
+        port = 8883 if parts.scheme == "mqtts" else 1883
+    if port == 0:
+        raise ValueError(f"broker url {url!r} has a bad port")
+    return parts.scheme, parts.hostname, port
+
+
+class BatchConfig(_Model):
+    """Samples are packed into one envelope until either limit is reached."""
+
+    max_samples: Annotated[int, Field(ge=1, le=10_000)] = 10
+    max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 1000
+
+
+class SimSignal(_Model):
+    kind: Literal["sine", "vibration", "temperature", "random-walk"] = "sine"
+    seed: int = 0
+    amplitude: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+    frequency_hz: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
+    offset: Annotated[float, Field(allow_inf_nan=False)] = 0.0
+    noise: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.05
+    anomaly_rate: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="probability per sample that an anomaly burst starts"
+    )
+
+
+class SensorConfig(_Model):
+    stream: Id
+    driver: Literal["sim"] = "sim"
+    rate_hz: Annotated[float, Field(gt=0, le=10_000, allow_inf_nan=False)] = 1.0
+    unit: Annotated[str, Field(max_length=32)] | None = None
+    best_effort: bool = Field(False, description="publish at QoS 0 outside the outbox")
+    batch: BatchConfig = BatchConfig()
+    sim: SimSignal = SimSignal()
+
+
+class DeviceConfig(_Model):
+    fleet: Id
+    device: Id
+    broker: BrokerConfig = BrokerConfig()
+    data_dir: FilePath = Field(description="where the device keeps its state (seq, boot count)")
+    encoding: Encoding = Encoding.JSON
+    labels: dict[Id, Annotated[str, Field(max_length=128)]] = {}
+    reported_interval_s: Seconds = 30.0
+    sensors: list[SensorConfig] = []
+
+    @field_validator("sensors")
+    @classmethod
+    def _unique_streams(cls, sensors: list[SensorConfig]) -> list[SensorConfig]:
+        seen: set[str] = set()
+        for sensor in sensors:
+            if sensor.stream in seen:
+                raise ValueError(f"stream {sensor.stream!r} is configured twice")
+            seen.add(sensor.stream)
+        return sensors
+
+
+class StoreConfig(_Model):
+    path: FilePath
+    batch_max: Annotated[int, Field(ge=1, le=100_000)] = 500
+    batch_wait_ms: Annotated[int, Field(ge=0, le=10_000)] = 100
+
+
+class GatewayConfig(_Model):
+    fleet: Id
+    gateway: Id
+    broker: BrokerConfig = BrokerConfig()
+    store: StoreConfig
+    share_group: Id | None = Field(None, description="join $share/{group}/… to split load")
+    max_payload_bytes: Annotated[int, Field(ge=256, le=256 * 1024 * 1024)] = DEFAULT_MAX_PAYLOAD
+
+
+class FleetConfig(_Model):
+    fleet: Id
+    name: Annotated[str, Field(max_length=200)] = ""
+    broker: BrokerConfig = BrokerConfig()

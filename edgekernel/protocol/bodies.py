@@ -1,0 +1,94 @@
+"""Typed bodies for the envelope types the programs exchange.
+
+`Envelope.body` stays a plain JSON object on the wire; these models give it a shape and reject what
+does not fit, so `TelemetryBody.from_envelope(env)` either returns samples or raises `ProtocolError`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from edgekernel.protocol.envelope import Envelope, Id, MessageType, Timestamp
+from edgekernel.protocol.errors import ProtocolError
+
+MAX_SAMPLES = 10_000
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+    ENVELOPE_TYPE: ClassVar[MessageType]
+
+    @classmethod
+    def from_envelope(cls, envelope: Envelope) -> Self:
+        expected = cls.ENVELOPE_TYPE
+        if envelope.type != expected:
+            raise ProtocolError("wrong-type", f"expected a {expected} envelope, got {envelope.type}")
+        try:
+            return cls.model_validate(envelope.body)
+        except ValidationError as err:
+            raise ProtocolError("bad-body", f"{expected} body: {_first_error(err)}") from None
+
+    def to_body(self) -> dict[str, JsonValue]:
+        data: dict[str, JsonValue] = self.model_dump(mode="json", exclude_none=True)
+        return data
+
+    def to_envelope(self, src: str, *, seq: int | None = None, ts: float | None = None) -> Envelope:
+        return Envelope.new(src=src, type=self.ENVELOPE_TYPE, body=self.to_body(), seq=seq, ts=ts)
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+class StatusBody(_Body):
+    """Retained birth / Last Will: is the device online, and which connection is this."""
+
+    ENVELOPE_TYPE: ClassVar[MessageType] = "status"
+    online: bool
+    boot: Annotated[int, Field(ge=0)]
+
+
+class Sample(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+    ts: Timestamp
+    value: FiniteFloat | dict[Id, FiniteFloat]
+
+
+class TelemetryBody(_Body):
+    """A batch of samples of one stream, so a high-rate sensor pays one message per batch."""
+
+    ENVELOPE_TYPE: ClassVar[MessageType] = "telemetry"
+    stream: Id
+    unit: Annotated[str, Field(max_length=32)] | None = None
+    samples: Annotated[list[Sample], Field(min_length=1, max_length=MAX_SAMPLES)]
+
+
+class Capabilities(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    cores: Annotated[int, Field(ge=1)]
+    ram_bytes: Annotated[int, Field(ge=0)]
+    accelerators: list[str] = []
+    runtimes: dict[str, str] = {}
+    onnx_providers: list[str] = []
+    arch: str = ""
+    os: str = ""
+
+
+class ReportedBody(_Body):
+    """What a device says about itself: capabilities, free resources, config generation."""
+
+    ENVELOPE_TYPE: ClassVar[MessageType] = "reported"
+    capabilities: Capabilities
+    free_ram_bytes: Annotated[int, Field(ge=0)]
+    load_1m: Annotated[float, Field(ge=0)]
+    streams: list[Id] = []
+    labels: dict[Id, Annotated[str, Field(max_length=128)]] = {}
+    software: str = ""
+    config_generation: Annotated[int, Field(ge=0)] = 0

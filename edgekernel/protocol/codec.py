@@ -1,0 +1,77 @@
+"""JSON and CBOR codecs for the envelope. Size is checked before any parsing; decoding raises only
+`ProtocolError`."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import cbor2
+from pydantic import ValidationError
+
+from edgekernel.protocol.envelope import Envelope
+from edgekernel.protocol.errors import ProtocolError
+
+DEFAULT_MAX_PAYLOAD = 256 * 1024
+
+
+class Encoding(StrEnum):
+    JSON = "json"
+    CBOR = "cbor"
+
+
+CONTENT_TYPES = {Encoding.JSON: "application/json", Encoding.CBOR: "application/cbor"}
+
+
+def encode(envelope: Envelope, encoding: Encoding = Encoding.JSON) -> bytes:
+    if encoding is Encoding.JSON:
+        return envelope.model_dump_json(exclude_none=True).encode()
+    return cbor2.dumps(envelope.model_dump(mode="python", exclude_none=True))
+
+
+def detect(payload: bytes) -> Encoding:
+    """JSON envelopes start with ``{`` (after optional white space); CBOR maps with a byte 0xa0-0xbf."""
+    head = payload.lstrip()[:1]
+    return Encoding.JSON if head == b"{" else Encoding.CBOR
+
+
+def decode(payload: bytes, *, max_size: int = DEFAULT_MAX_PAYLOAD) -> Envelope:
+    """Decode an envelope in either encoding, or raise `ProtocolError` saying what is wrong."""
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise ProtocolError("bad-payload", f"a payload is bytes, not {type(payload).__name__}")
+    size = len(payload)
+    if size > max_size:
+        raise ProtocolError("oversized", f"payload of {size} bytes is over the {max_size}-byte limit")
+    if size == 0:
+        raise ProtocolError("empty", "payload is empty")
+    data = bytes(payload)
+    if detect(data) is Encoding.JSON:
+        try:
+            return Envelope.model_validate_json(data)
+        except ValidationError as err:
+            raise ProtocolError("bad-envelope", _describe(err)) from None
+    return _decode_cbor(data)
+
+
+def _decode_cbor(data: bytes) -> Envelope:
+    try:
+        obj = cbor2.loads(data)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, LookupError, OverflowError,
+            RecursionError, MemoryError) as err:
+        raise ProtocolError("bad-cbor", f"not a CBOR envelope: {err}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad-envelope", f"an envelope is a map, not {type(obj).__name__}")
+    try:
+        return Envelope.model_validate(obj)
+    except ValidationError as err:
+        raise ProtocolError("bad-envelope", _describe(err)) from None
+    except RecursionError:
+        raise ProtocolError("bad-envelope", "body is nested too deeply") from None
+
+
+def _describe(err: ValidationError) -> str:
+    problems = []
+    for item in err.errors(include_url=False)[:3]:
+        where = ".".join(str(p) for p in item["loc"]) or "envelope"
+        problems.append(f"{where}: {item['msg']}")
+    more = f" (+{err.error_count() - 3} more)" if err.error_count() > 3 else ""
+    return "invalid envelope: " + "; ".join(problems) + more
