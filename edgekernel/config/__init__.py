@@ -1,5 +1,7 @@
 """Pydantic models for every file a user writes, and the loader that reports file:line."""
 
+from edgekernel.config.errors import ConfigError, ConfigProblem
+from edgekernel.config.loader import load, load_device, load_fleet, load_gateway
 from edgekernel.config.models import (
     BrokerConfig,
     DeviceConfig,
@@ -7,5 +9,23 @@ from edgekernel.config.models import (
     GatewayConfig,
     SensorConfig,
 )
+from edgekernel.config.schema import write_schemas
+from edgekernel.config.validate import ConfigKind, FileResult, validate_tree
 
-__all__ = ["BrokerConfig", "DeviceConfig", "FleetConfig", "GatewayConfig", "SensorConfig"]
+__all__ = [
+    "BrokerConfig",
+    "ConfigError",
+    "ConfigKind",
+    "ConfigProblem",
+    "DeviceConfig",
+    "FileResult",
+    "FleetConfig",
+    "GatewayConfig",
+    "SensorConfig",
+    "load",
+    "load_device",
+    "load_fleet",
+    "load_gateway",
+    "validate_tree",
+    "write_schemas",
+]

@@ -30,7 +30,10 @@ Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 def _resolve(path: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir") if info.context else None
-    path = path.expanduser()
+    try:
+        path = path.expanduser()
+    except RuntimeError:
+        raise ValueError(f"cannot expand {str(path)!r}: no such home directory") from None
     if not path.is_absolute() and base is not None:
         path = Path(base) / path
     return path

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 from enum import StrEnum
 
 import cbor2
@@ -38,7 +39,8 @@ def decode(payload: bytes, *, max_size: int = DEFAULT_MAX_PAYLOAD) -> Envelope:
     """Decode an envelope in either encoding, or raise `ProtocolError` saying what is wrong."""
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise ProtocolError("bad-payload", f"a payload is bytes, not {type(payload).__name__}")
-    size = len(payload)
+    # len() of a memoryview counts items, not bytes (a view of 8-byte items would pass 8x the limit)
+    size = payload.nbytes if isinstance(payload, memoryview) else len(payload)
     if size > max_size:
         raise ProtocolError("oversized", f"payload of {size} bytes is over the {max_size}-byte limit")
     if size == 0:
@@ -53,11 +55,22 @@ def decode(payload: bytes, *, max_size: int = DEFAULT_MAX_PAYLOAD) -> Envelope:
 
 
 def _decode_cbor(data: bytes) -> Envelope:
+    stream = io.BytesIO(data)
     try:
-        obj = cbor2.loads(data)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, LookupError, OverflowError,
-            RecursionError, MemoryError) as err:
+        obj = cbor2.CBORDecoder(stream).decode()
+    except (
+        cbor2.CBORDecodeError,
+        ValueError,
+        TypeError,
+        LookupError,
+        OverflowError,
+        RecursionError,
+        MemoryError,
+    ) as err:
         raise ProtocolError("bad-cbor", f"not a CBOR envelope: {err}") from None
+    if (extra := len(data) - stream.tell()) > 0:
+        # JSON refuses trailing bytes too; a payload is one envelope and nothing else
+        raise ProtocolError("bad-cbor", f"{extra} bytes after the CBOR envelope")
     if not isinstance(obj, dict):
         raise ProtocolError("bad-envelope", f"an envelope is a map, not {type(obj).__name__}")
     try:

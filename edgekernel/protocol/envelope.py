@@ -5,14 +5,17 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from edgekernel.protocol.topics import ID_PATTERN
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 MAX_SEQ = 2**63 - 1
+# the body object is level 1; the JSON parser stops near 200 levels and JSON serialization near 255,
+# so without a limit of our own a CBOR body could decode and then fail to encode as JSON
+MAX_BODY_DEPTH = 64
 
 MessageType = Literal[
     "status", "reported", "desired", "telemetry", "event", "ack", "cmd", "reply", "log", "agg"
@@ -37,10 +40,18 @@ class Envelope(BaseModel):
     type: MessageType
     body: dict[str, JsonValue]
 
+    @field_validator("v", mode="before")
+    @classmethod
+    def _integer_version(cls, v: object) -> object:
+        # Literal[1] alone lets `true` and `1.0` through, since True == 1 == 1.0 in Python
+        if type(v) is not int:
+            raise ValueError(f"the schema version is the integer {SCHEMA_VERSION}")
+        return v
+
     @field_validator("body")
     @classmethod
-    def _finite_numbers_only(cls, body: dict[str, JsonValue]) -> dict[str, JsonValue]:
-        _check_finite(body)
+    def _finite_and_shallow(cls, body: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        _check_body(body)
         return body
 
     @classmethod
@@ -63,14 +74,15 @@ class Envelope(BaseModel):
         )
 
 
-def _check_finite(value: JsonValue) -> None:
-    stack: list[JsonValue] = [value]
+def _check_body(body: dict[str, JsonValue]) -> None:
+    stack: list[tuple[JsonValue, int]] = [(body, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, float):
             if not math.isfinite(item):
                 raise ValueError("numbers in the body must be finite (no NaN or Infinity)")
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+        elif isinstance(item, dict | list):
+            if depth > MAX_BODY_DEPTH:
+                raise ValueError(f"the body is nested more than {MAX_BODY_DEPTH} levels deep")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)

@@ -38,11 +38,11 @@ _NAMED = frozenset({TopicKind.TELEMETRY, TopicKind.EVENTS, TopicKind.CMD})
 
 
 def is_id(value: str) -> bool:
-    return _ID_RE.fullmatch(value) is not None
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
 
 
 def check_id(value: str, what: str) -> str:
-    if not isinstance(value, str) or not is_id(value):
+    if not is_id(value):
         raise ProtocolError(
             "bad-id",
             f"{what} {value!r} is not a valid id: use 1-63 characters of a-z, 0-9, '_' and '-', "
@@ -62,6 +62,8 @@ class Topic:
     gateway: str | None = None
 
     def __post_init__(self) -> None:
+        # a plain "status" would fail the `is` checks below and str(); store the enum member
+        object.__setattr__(self, "kind", _kind(self.kind))
         check_id(self.fleet, "fleet")
         check_id(self.device, "device")
         if self.kind is TopicKind.AGG:
@@ -122,14 +124,34 @@ def agg(fleet: str, gateway: str, device: str, stream: str) -> str:
     return str(Topic(fleet, device, TopicKind.AGG, stream, gateway=gateway))
 
 
+def _kind(value: TopicKind | str) -> TopicKind:
+    try:
+        return TopicKind(value)
+    except ValueError:
+        allowed = ", ".join(k.value for k in TopicKind)
+        raise ProtocolError("unknown-kind", f"unknown topic kind {value!r}; allowed: {allowed}") from None
+
+
 def subscription(fleet: str, kind: TopicKind, *, device: str | None = None) -> str:
     """A subscription filter for one kind of device topic; `device=None` means every device."""
     check_id(fleet, "fleet")
+    kind = _kind(kind)
     who = "+" if device is None else check_id(device, "device")
     if kind is TopicKind.AGG:
         raise ProtocolError("bad-topic", "use agg_subscription for aggregate topics")
     tail = "/+" if kind in _NAMED else ""
     return f"{ROOT}/{fleet}/{who}/{kind.value}{tail}"
+
+
+def agg_subscription(
+    fleet: str, *, gateway: str | None = None, device: str | None = None, stream: str | None = None
+) -> str:
+    """A subscription filter for window aggregates; each id left as None matches any."""
+    check_id(fleet, "fleet")
+    gw = "+" if gateway is None else check_id(gateway, "gateway")
+    who = "+" if device is None else check_id(device, "device")
+    what = "+" if stream is None else check_id(stream, "stream")
+    return f"{ROOT}/{fleet}/{GATEWAY_SEGMENT}/{gw}/{TopicKind.AGG.value}/{who}/{what}"
 
 
 def fleet_subscription(fleet: str) -> str:

@@ -1,0 +1,3 @@
+from edgekernel.cli.main import main
+
+main()

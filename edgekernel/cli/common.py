@@ -1,0 +1,61 @@
+"""What every command shares: exit codes, error output, logging, and running until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from enum import IntEnum
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+err_console = Console(stderr=True)
+console = Console()
+
+
+class Exit(IntEnum):
+    """Exit codes every command uses."""
+
+    OK = 0
+    FAILED = 1  # invalid input, a check that did not pass, a program that failed
+    USAGE = 2  # bad command-line use (typer's own code for this)
+    LINK = 3  # the broker could not be reached
+    MISSING = 4  # something the command needs is not installed
+
+
+def fail(message: str, code: Exit = Exit.FAILED) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(int(code))
+
+
+def setup_logging(verbose: int = 0, *, quiet: bool = False) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False, markup=False)
+    logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[handler], force=True)
+    if verbose < 2:
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+Main = Callable[[asyncio.Event], Awaitable[None]]
+
+
+def run_until_signal(main: Main, *, duration: float | None = None) -> None:
+    """Run `main(stop)` until SIGINT/SIGTERM or `duration` seconds, whichever comes first."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if duration is not None:
+            loop.call_later(duration, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+BROKER_OPTION_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://HOST:PORT); overrides the config file."

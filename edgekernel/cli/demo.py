@@ -1,0 +1,319 @@
+"""`edgekernel demo`: a private Mosquitto, a gateway and N simulated devices, as separate processes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.live import Live
+from rich.table import Table
+
+from edgekernel.cli.common import Exit, console, err_console, fail
+from edgekernel.config import ConfigError, load_device, load_gateway
+from edgekernel.gateway.store import DeviceSummary, StoreError, read_summary
+from edgekernel.link import BrokerError, Mosquitto
+
+FLEET = "demo"
+GATEWAY = "gw-1"
+
+
+def device_config(index: int, data_root: Path) -> dict[str, Any]:
+    name = f"dev-{index:02d}"
+    return {
+        "fleet": FLEET,
+        "device": name,
+        "data_dir": str(data_root / name),
+        "labels": {"site": ("lab", "plant", "yard")[index % 3], "role": "demo"},
+        "reported_interval_s": 10,
+        "sensors": [
+            {
+                "stream": "vibration",
+                "rate_hz": 50,
+                "unit": "g",
+                "batch": {"max_samples": 25, "max_wait_ms": 500},
+                "sim": {
+                    "kind": "vibration",
+                    "seed": index,
+                    "amplitude": 0.5,
+                    "frequency_hz": 7.0,
+                    "noise": 0.05,
+                    "anomaly_rate": 0.002 if index % 3 == 0 else 0.0,
+                },
+            },
+            {
+                "stream": "temperature",
+                "rate_hz": 1,
+                "unit": "degC",
+                "batch": {"max_samples": 1, "max_wait_ms": 0},
+                "sim": {
+                    "kind": "temperature",
+                    "seed": 1000 + index,
+                    "offset": 21.0 + index,
+                    "amplitude": 4.0,
+                    "noise": 0.1,
+                },
+            },
+        ],
+    }
+
+
+def gateway_config(data_root: Path) -> dict[str, Any]:
+    return {"fleet": FLEET, "gateway": GATEWAY, "store": {"path": str(data_root / GATEWAY / "store.db")}}
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    exit_code: int | None = field(default=None)
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def state(self) -> str:
+        if self.proc is None:
+            return "not started"
+        code = self.proc.poll()
+        if code is None:
+            return "running"
+        return f"exited ({code})" if code >= 0 else f"killed ({signal.Signals(-code).name})"
+
+    def terminate(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Demo:
+    def __init__(self, workdir: Path, devices: int, port: int | None) -> None:
+        self.workdir = workdir
+        self.config_dir = workdir / "config"
+        self.data_dir = workdir / "data"
+        self.logs = workdir / "logs"
+        self.broker = Mosquitto(workdir / "broker", port=port, persistence=True)
+        self.store_path = self.data_dir / GATEWAY / "store.db"
+        self.device_names = [f"dev-{i:02d}" for i in range(1, devices + 1)]
+        self.children: dict[str, Child] = {}
+
+    def write_configs(self) -> None:
+        (self.config_dir / "devices").mkdir(parents=True, exist_ok=True)
+        (self.config_dir / "gateways").mkdir(parents=True, exist_ok=True)
+        (self.config_dir / "fleet.yaml").write_text(
+            yaml.safe_dump({"fleet": FLEET, "name": "edgekernel demo", "broker": {"url": self.broker.url}})
+        )
+        gw_path = self.config_dir / "gateways" / f"{GATEWAY}.yaml"
+        gw_path.write_text(yaml.safe_dump(gateway_config(self.data_dir), sort_keys=False))
+        load_gateway(gw_path)
+        for index, name in enumerate(self.device_names, start=1):
+            path = self.config_dir / "devices" / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(device_config(index, self.data_dir), sort_keys=False))
+            load_device(path)
+
+    def _argv(self, program: str, config: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "edgekernel",
+            program,
+            "run",
+            "--config",
+            str(config),
+            "--broker",
+            self.broker.url,
+        ]
+
+    def start(self) -> None:
+        self.broker.start()
+        self.write_configs()
+        gateway = Child(
+            GATEWAY,
+            self._argv("gateway", self.config_dir / "gateways" / f"{GATEWAY}.yaml"),
+            self.logs / f"{GATEWAY}.log",
+        )
+        self.children[GATEWAY] = gateway
+        gateway.start()
+        for name in self.device_names:
+            child = Child(
+                name,
+                self._argv("device", self.config_dir / "devices" / f"{name}.yaml"),
+                self.logs / f"{name}.log",
+            )
+            self.children[name] = child
+            child.start()
+        self.write_run_file()
+
+    def write_run_file(self) -> None:
+        info = {
+            "fleet": FLEET,
+            "broker_url": self.broker.url,
+            "broker_port": self.broker.port,
+            "broker_pid": self.broker.pid,
+            "store": str(self.store_path),
+            "config_dir": str(self.config_dir),
+            "pids": {name: child.proc.pid for name, child in self.children.items() if child.proc},
+            "demo_pid": os.getpid(),
+        }
+        tmp = self.workdir / "run.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2))
+        tmp.replace(self.workdir / "run.json")
+
+    def stop(self) -> None:
+        for name in self.device_names:
+            self.children[name].terminate()
+        if GATEWAY in self.children:
+            self.children[GATEWAY].terminate()
+        self.broker.stop()
+
+    def summary(self) -> dict[str, DeviceSummary]:
+        if not self.store_path.exists():
+            return {}
+        try:
+            return {s.device: s for s in read_summary(self.store_path)}
+        except StoreError:
+            return {}
+
+    def table(self, started: float) -> Table:
+        stored = self.summary()
+        table = Table(title=f"edgekernel demo — {time.monotonic() - started:.0f}s", title_justify="left")
+        for column in ("process", "state", "status", "messages stored", "samples stored", "highest seq"):
+            table.add_column(column, justify="right" if "stored" in column or "seq" in column else "left")
+        for name, child in self.children.items():
+            row = stored.get(name)
+            status = "-" if row is None or row.online is None else ("online" if row.online else "offline")
+            table.add_row(
+                name,
+                child.state,
+                status,
+                str(row.messages) if row else "-",
+                str(row.samples) if row else "-",
+                str(row.highest_seq) if row and row.highest_seq is not None else "-",
+            )
+        return table
+
+
+def _banner(demo: Demo) -> None:
+    port = demo.broker.port
+    print_line = functools.partial(console.print, soft_wrap=True, highlight=False)
+    print_line(
+        f"[bold]edgekernel demo[/]: fleet [cyan]{FLEET}[/], {len(demo.device_names)} devices, "
+        f"gateway {GATEWAY}"
+    )
+    print_line(f"  broker      {demo.broker.url}  (port [bold]{port}[/])")
+    print_line(f"  watch       mosquitto_sub -h 127.0.0.1 -p {port} -t 'ek/v1/#' -v")
+    print_line(f"  decoded     edgekernel topics watch 'ek/v1/#' --broker {demo.broker.url}")
+    print_line(f"  devices     edgekernel fleet devices --broker {demo.broker.url} --fleet {FLEET}")
+    print_line(f"  workdir     {demo.workdir}  (configs, logs, the gateway's store.db)")
+    print_line("  stop        Ctrl-C")
+
+
+def demo(
+    devices: Annotated[int, typer.Option("--devices", "-n", min=1, max=200, help="How many devices.")] = 5,
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", min=0.0, help="Stop after this many seconds.", show_default=False),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port", min=1, max=65535, help="Broker port [default: a free one].", show_default=False
+        ),
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--workdir",
+            help="Where to keep configs, logs and data [default: a new temp dir].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Start a private Mosquitto, a gateway and N simulated devices that publish telemetry."""
+    root = workdir or Path(tempfile.mkdtemp(prefix="edgekernel-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        runner = Demo(root.resolve(), devices, port)
+    except BrokerError as err:
+        fail(str(err), Exit.MISSING)
+    try:
+        runner.start()
+    except BrokerError as err:
+        runner.stop()
+        fail(f"{err}", Exit.FAILED)
+    except ConfigError as err:
+        runner.stop()
+        fail(f"generated config does not validate (a bug): {err}")
+    _banner(runner)
+    stopping = _run(runner, duration)
+    totals = runner.summary()
+    runner.stop()
+    console.print(runner.table(stopping))
+    missing = [name for name in runner.device_names if name not in totals or totals[name].samples == 0]
+    if missing:
+        err_console.print(f"[red]no samples stored from {', '.join(missing)}[/]; see {runner.logs}")
+        raise typer.Exit(int(Exit.FAILED))
+
+
+def _keep_running(runner: Demo, deadline: float | None, stopped: Callable[[], bool]) -> bool:
+    time.sleep(0.5)
+    if not runner.broker.running:
+        err_console.print("[red]the broker exited[/]")
+        return False
+    return not stopped() and (deadline is None or time.monotonic() < deadline)
+
+
+def _run(runner: Demo, duration: float | None) -> float:
+    started = time.monotonic()
+    deadline = None if duration is None else started + duration
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if console.is_terminal:
+            with Live(runner.table(started), console=console, transient=True, auto_refresh=False) as live:
+                while _keep_running(runner, deadline, lambda: stop):
+                    live.update(runner.table(started), refresh=True)
+        else:
+            last = started
+            while _keep_running(runner, deadline, lambda: stop):
+                if time.monotonic() - last >= 10:
+                    last = time.monotonic()
+                    totals = runner.summary()
+                    stored = sum(s.samples for s in totals.values())
+                    console.print(
+                        f"{last - started:.0f}s: {stored} samples stored from {len(totals)} devices"
+                    )
+    except KeyboardInterrupt:
+        pass
+    return started

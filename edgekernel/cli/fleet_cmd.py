@@ -1,0 +1,137 @@
+"""`edgekernel fleet …`: look at the fleet as the broker's retained topics describe it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgekernel.cli.common import BROKER_OPTION_HELP, Exit, console, fail
+from edgekernel.config import BrokerConfig, ConfigError, load_fleet
+from edgekernel.fleet import DeviceView, snapshot
+from edgekernel.link import LinkError
+
+app = typer.Typer(help="See and steer the fleet.", no_args_is_help=True)
+
+DEFAULT_FLEET_CONFIG = Path("firmware-config/fleet.yaml")
+
+
+def resolve_target(config: Path | None, broker: str | None, fleet: str | None) -> tuple[BrokerConfig, str]:
+    """The broker and fleet id from --broker/--fleet, falling back to the fleet config file."""
+    path = config if config is not None else DEFAULT_FLEET_CONFIG
+    if (broker is None or fleet is None) and (config is not None or path.exists()):
+        try:
+            cfg = load_fleet(path)
+        except ConfigError as err:
+            fail(str(err))
+        broker_cfg = cfg.broker.with_url(broker) if broker else cfg.broker
+        return broker_cfg, fleet or cfg.fleet
+    if fleet is None:
+        fail(f"give --fleet (or a fleet config with --config; {DEFAULT_FLEET_CONFIG} not found)", Exit.USAGE)
+    try:
+        return BrokerConfig(url=broker or BrokerConfig().url), fleet
+    except ValueError as err:
+        fail(str(err), Exit.USAGE)
+
+
+def _age(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "-"
+    seconds = max(0.0, now - ts)
+    if seconds < 90:
+        return f"{seconds:.0f}s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    device: str
+    online: bool | None
+    boot: int | None
+    last_seen: float | None
+    cores: int | None
+    ram_bytes: int | None
+    runtimes: dict[str, str]
+    onnx_providers: list[str]
+    accelerators: list[str]
+    streams: list[str]
+    labels: dict[str, str]
+
+    @classmethod
+    def of(cls, view: DeviceView) -> DeviceRow:
+        rep = view.reported
+        caps = rep.capabilities if rep else None
+        return cls(
+            device=view.device,
+            online=view.online,
+            boot=view.boot,
+            last_seen=view.last_seen,
+            cores=caps.cores if caps else None,
+            ram_bytes=caps.ram_bytes if caps else None,
+            runtimes=dict(caps.runtimes) if caps else {},
+            onnx_providers=list(caps.onnx_providers) if caps else [],
+            accelerators=list(caps.accelerators) if caps else [],
+            streams=list(rep.streams) if rep else [],
+            labels=dict(rep.labels) if rep else {},
+        )
+
+    def cells(self, now: float) -> list[str]:
+        status = {True: "[green]online[/]", False: "[red]offline[/]", None: "[dim]unknown[/]"}[self.online]
+        providers = [p.removesuffix("ExecutionProvider") for p in self.onnx_providers]
+        return [
+            self.device,
+            status,
+            "-" if self.boot is None else str(self.boot),
+            _age(self.last_seen, now),
+            "-" if self.cores is None else str(self.cores),
+            "-" if self.ram_bytes is None else _gib(self.ram_bytes),
+            ", ".join(f"{k} {v}" for k, v in self.runtimes.items()) or "-",
+            ", ".join(providers + self.accelerators) or "-",
+            ", ".join(self.streams) or "-",
+        ]
+
+
+COLUMNS = ("device", "status", "boot", "last seen", "cores", "RAM", "runtimes", "accelerators", "streams")
+
+
+@app.command("devices")
+def devices(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help=f"Fleet config [default: {DEFAULT_FLEET_CONFIG}]")
+    ] = None,
+    broker: Annotated[str | None, typer.Option("--broker", help=BROKER_OPTION_HELP)] = None,
+    fleet: Annotated[str | None, typer.Option("--fleet", help="Fleet id; overrides the config file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker.")] = 5.0,
+) -> None:
+    """List the fleet's devices: online or offline, last seen, capabilities."""
+    broker_cfg, fleet_id = resolve_target(config, broker, fleet)
+    try:
+        registry = asyncio.run(snapshot(broker_cfg, fleet_id, timeout=timeout))
+    except LinkError as err:
+        fail(str(err), Exit.LINK)
+    now = time.time()
+    rows = [DeviceRow.of(view) for _, view in sorted(registry.devices.items())]
+    if as_json:
+        console.print_json(json.dumps({"fleet": fleet_id, "devices": [asdict(r) for r in rows]}))
+        return
+    table = Table(title=f"fleet {fleet_id}: {len(rows)} devices", title_justify="left")
+    for column in COLUMNS:
+        table.add_column(column, justify="right" if column in ("boot", "cores", "RAM") else "left")
+    for row in rows:
+        table.add_row(*row.cells(now))
+    console.print(table)
+    if not rows:
+        console.print(f"[yellow]no device of fleet {fleet_id} has announced itself on {broker_cfg.url}[/]")

@@ -1,0 +1,1 @@
+"""Sensor drivers: each is one small module with a config model and a sample source."""

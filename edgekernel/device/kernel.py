@@ -1,0 +1,180 @@
+"""The device kernel: owns the link to the broker, the device state and the sensor streams.
+
+It announces the device (retained ``status`` as birth, Last Will for offline), reports what the box
+can do on ``reported``, publishes telemetry, and refuses bad input on its own topics with a counted
+reason. Models, the inference scheduler and agents join it in later subsystems.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+
+from edgekernel import __version__
+from edgekernel.config.models import DeviceConfig, SensorConfig
+from edgekernel.device import capabilities
+from edgekernel.device.state import DeviceState
+from edgekernel.device.telemetry import SensorStream
+from edgekernel.link import Message, MqttSession, Outgoing
+from edgekernel.protocol import (
+    CONTENT_TYPES,
+    Capabilities,
+    ProtocolError,
+    ReportedBody,
+    StatusBody,
+    TelemetryBody,
+    TopicKind,
+    decode,
+    encode,
+    topics,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Kernel:
+    def __init__(self, config: DeviceConfig) -> None:
+        self.config = config
+        self.fleet = config.fleet
+        self.device = config.device
+        self.state = DeviceState(config.data_dir)
+        self.counters: Counter[str] = Counter()
+        self.desired_generation = 0
+        self._content_type = CONTENT_TYPES[config.encoding]
+        self._capabilities: Capabilities | None = None
+        self.session = MqttSession(
+            config.broker,
+            client_id=f"ek-{self.fleet}-{self.device}",
+            subscriptions=[
+                (topics.desired(self.fleet, self.device), 1),
+                (topics.ack(self.fleet, self.device), 1),
+                (topics.subscription(self.fleet, TopicKind.CMD, device=self.device), 1),
+            ],
+            will=self._will,
+            birth=self._birth,
+        )
+        self.streams: list[SensorStream] = []
+
+    # -- status, birth and will -------------------------------------------------------------
+
+    def _status(self, online: bool) -> Outgoing:
+        body = StatusBody(online=online, boot=self.state.boot)
+        return Outgoing(
+            topics.status(self.fleet, self.device),
+            encode(body.to_envelope(self.device), self.config.encoding),
+            qos=1,
+            retain=True,
+            content_type=self._content_type,
+        )
+
+    def _will(self) -> Outgoing:
+        self.state.next_boot()
+        return self._status(online=False)
+
+    def _birth(self) -> Outgoing:
+        return self._status(online=True)
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then flush what the sensors hold and say goodbye."""
+        self._capabilities = await asyncio.to_thread(capabilities.detect)
+        async with asyncio.TaskGroup() as tasks:
+            self.session.start()
+            workers = [
+                tasks.create_task(self._report_loop(), name="reported"),
+                tasks.create_task(self._inbox_loop(), name="inbox"),
+                tasks.create_task(self._run_sensors(), name="sensors"),
+            ]
+            await stop.wait()
+            for worker in workers:
+                worker.cancel()
+        for stream in self.streams:
+            await stream.flush()
+        await self.session.close(last=self._status(online=False))
+        self.state.close()
+        log.info("%s stopped: %s", self.device, dict(self.counters))
+
+    async def _run_sensors(self) -> None:
+        """Sensors start with the first connection, so a best-effort stream loses nothing at boot."""
+        await self.session.wait_connected()
+        self.streams = [SensorStream(sensor, self._emit) for sensor in self.config.sensors]
+        async with asyncio.TaskGroup() as tasks:
+            for stream in self.streams:
+                tasks.create_task(stream.run(), name=f"sensor:{stream.config.stream}")
+
+    async def _report_loop(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await self.session.wait_connected(timeout=self.config.reported_interval_s)
+                await self.publish_reported()
+            await asyncio.sleep(self.config.reported_interval_s)
+
+    async def publish_reported(self) -> None:
+        caps = self._capabilities or capabilities.detect()
+        body = ReportedBody(
+            capabilities=caps,
+            free_ram_bytes=capabilities.free_ram(),
+            load_1m=capabilities.load_1m(),
+            streams=[s.stream for s in self.config.sensors],
+            labels=dict(self.config.labels),
+            software=f"edgekernel {__version__}",
+            config_generation=self.desired_generation,
+        )
+        envelope = body.to_envelope(self.device)
+        self._watch(
+            self.session.publish_nowait(
+                topics.reported(self.fleet, self.device),
+                encode(envelope, self.config.encoding),
+                qos=1,
+                retain=True,
+                content_type=self._content_type,
+            )
+        )
+
+    async def _emit(self, sensor: SensorConfig, body: TelemetryBody) -> None:
+        envelope = body.to_envelope(self.device, seq=self.state.next_seq())
+        self._watch(
+            self.session.publish_nowait(
+                topics.telemetry(self.fleet, self.device, sensor.stream),
+                encode(envelope, self.config.encoding),
+                qos=0 if sensor.best_effort else 1,
+                content_type=self._content_type,
+            )
+        )
+        self.counters["telemetry_sent"] += 1
+        self.counters["samples_sent"] += len(body.samples)
+
+    def _watch(self, future: asyncio.Future[None]) -> None:
+        future.add_done_callback(self._count_failure)
+
+    def _count_failure(self, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.counters["publish_failed"] += 1
+
+    # -- what arrives -----------------------------------------------------------------------
+
+    async def _inbox_loop(self) -> None:
+        async for message in self.session.messages():
+            self.handle(message)
+
+    def handle(self, message: Message) -> None:
+        """Validate one incoming message; refuse it with a counted reason if it breaks the contract."""
+        try:
+            topic = topics.parse(message.topic)
+            if topic.device != self.device or topic.fleet != self.fleet:
+                raise ProtocolError("not-mine", "message for another device", topic=message.topic)
+            envelope = decode(message.payload)
+        except ProtocolError as err:
+            self.counters[f"rejected:{err.reason}"] += 1
+            log.warning("refused message on %s: %s", message.topic, err)
+            return
+        self.counters[f"received:{topic.kind.value}"] += 1
+        if topic.kind is TopicKind.DESIRED:
+            generation = envelope.body.get("generation")
+            if isinstance(generation, int) and generation >= 0:
+                self.desired_generation = generation
+        elif topic.kind is TopicKind.CMD:
+            log.info("command %s received; commands are not served by this version", topic.name)

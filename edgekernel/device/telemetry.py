@@ -1,0 +1,62 @@
+"""A sensor stream: reads its driver on a fixed grid and packs samples into batched envelopes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from edgekernel.config.models import SensorConfig
+from edgekernel.device.drivers.sim import SimSource
+from edgekernel.protocol import Sample, TelemetryBody
+
+Emit = Callable[[SensorConfig, TelemetryBody], Awaitable[None]]
+
+MAX_TICK_S = 0.05
+
+
+class SensorStream:
+    def __init__(self, config: SensorConfig, emit: Emit, *, t0: float | None = None) -> None:
+        self.config = config
+        self.source = SimSource(config.sim, config.rate_hz, time.time() if t0 is None else t0)
+        self._emit = emit
+        self._pending: list[Sample] = []
+        self._oldest: float | None = None
+        self.envelopes = 0
+
+    @property
+    def samples(self) -> int:
+        return self.source.produced
+
+    def _tick_s(self) -> float:
+        per_sample = 1.0 / self.config.rate_hz
+        wait = self.config.batch.max_wait_ms / 1000.0
+        return max(0.001, min(MAX_TICK_S, per_sample, wait) if wait > 0 else min(MAX_TICK_S, per_sample))
+
+    async def run(self) -> None:
+        tick = self._tick_s()
+        while True:
+            await self.poll(time.time())
+            await asyncio.sleep(tick)
+
+    async def poll(self, now: float) -> None:
+        """Take the samples due at `now`, and emit every batch that is full or old enough."""
+        batch = self.config.batch
+        for ts, value in self.source.take(self.source.due(now)):
+            if not self._pending:
+                self._oldest = time.monotonic()
+            self._pending.append(Sample(ts=ts, value=value))
+            if len(self._pending) >= batch.max_samples:
+                await self.flush()
+        waited_ms = (time.monotonic() - self._oldest) * 1000 if self._oldest is not None else 0.0
+        if self._pending and waited_ms >= batch.max_wait_ms:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        body = TelemetryBody(stream=self.config.stream, unit=self.config.unit, samples=self._pending)
+        self._pending = []
+        self._oldest = None
+        self.envelopes += 1
+        await self._emit(self.config, body)

@@ -1,0 +1,246 @@
+"""The gateway's SQLite (WAL) store: telemetry messages, their samples, devices and rejects.
+
+Writes come in batches, one transaction each. A message is stored once per (device, seq): a
+duplicate is dropped and counted, never stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekernel.errors import EdgeKernelError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    ts REAL NOT NULL,
+    received_at REAL NOT NULL,
+    samples INTEGER NOT NULL,
+    PRIMARY KEY (device, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS samples (
+    device TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    value REAL,
+    fields TEXT,
+    PRIMARY KEY (device, seq, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS samples_by_stream ON samples (device, stream, ts);
+CREATE TABLE IF NOT EXISTS devices (
+    device TEXT PRIMARY KEY,
+    online INTEGER,
+    boot INTEGER,
+    status_ts REAL,
+    reported TEXT,
+    reported_ts REAL,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejected (
+    id INTEGER PRIMARY KEY,
+    received_at REAL NOT NULL,
+    topic TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    payload BLOB
+);
+"""
+
+KEEP_REJECTED_BYTES = 4096
+
+
+class StoreError(EdgeKernelError):
+    """The sample store could not be opened or refused a write."""
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryRecord:
+    device: str
+    stream: str
+    seq: int
+    ts: float
+    received_at: float
+    samples: tuple[tuple[float, float | None, str | None], ...]  # (ts, value, fields as JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    topic: str
+    reason: str
+    message: str
+    payload: bytes
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceUpdate:
+    device: str
+    seen_at: float
+    online: bool | None = None
+    boot: int | None = None
+    status_ts: float | None = None
+    reported: str | None = None
+    reported_ts: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    stored: int
+    duplicates: int
+    samples: int
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as err:
+            raise StoreError(f"cannot open store {path}: {err}") from err
+        self._lock = threading.Lock()
+
+    def write(
+        self,
+        telemetry: Sequence[TelemetryRecord],
+        devices: Sequence[DeviceUpdate] = (),
+        rejected: Sequence[Rejected] = (),
+    ) -> WriteResult:
+        """Store one batch in one transaction; duplicates by (device, seq) are dropped."""
+        stored = duplicates = samples = 0
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for record in telemetry:
+                    cursor = self._db.execute(
+                        "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            record.device,
+                            record.seq,
+                            record.stream,
+                            record.ts,
+                            record.received_at,
+                            len(record.samples),
+                        ),
+                    )
+                    if cursor.rowcount == 0:
+                        duplicates += 1
+                        continue
+                    stored += 1
+                    samples += len(record.samples)
+                    self._db.executemany(
+                        "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (record.device, record.stream, record.seq, idx, ts, value, fields)
+                            for idx, (ts, value, fields) in enumerate(record.samples)
+                        ],
+                    )
+                for update in devices:
+                    self._upsert_device(update)
+                self._db.executemany(
+                    "INSERT INTO rejected (received_at, topic, reason, message, size, payload) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            r.received_at,
+                            r.topic,
+                            r.reason,
+                            r.message,
+                            len(r.payload),
+                            r.payload[:KEEP_REJECTED_BYTES],
+                        )
+                        for r in rejected
+                    ],
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.Error as err:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StoreError(f"store write failed: {err}") from err
+        return WriteResult(stored, duplicates, samples)
+
+    def _upsert_device(self, update: DeviceUpdate) -> None:
+        self._db.execute(
+            "INSERT INTO devices (device, online, boot, status_ts, reported, reported_ts, last_seen) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET "
+            "online = coalesce(excluded.online, online), boot = coalesce(excluded.boot, boot), "
+            "status_ts = coalesce(excluded.status_ts, status_ts), "
+            "reported = coalesce(excluded.reported, reported), "
+            "reported_ts = coalesce(excluded.reported_ts, reported_ts), "
+            "last_seen = max(last_seen, excluded.last_seen)",
+            (
+                update.device,
+                update.online,
+                update.boot,
+                update.status_ts,
+                update.reported,
+                update.reported_ts,
+                update.seen_at,
+            ),
+        )
+
+    def sample_counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT device, sum(samples) FROM messages GROUP BY device")
+            return {device: int(total) for device, total in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def encode_fields(value: float | dict[str, float]) -> tuple[float | None, str | None]:
+    if isinstance(value, dict):
+        return None, json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return value, None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSummary:
+    device: str
+    messages: int
+    samples: int
+    highest_seq: int | None
+    online: bool | None
+    last_seen: float | None
+
+
+def read_summary(path: Path) -> list[DeviceSummary]:
+    """Per-device totals, read without writing (safe beside a running gateway)."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
+    except sqlite3.Error as err:
+        raise StoreError(f"cannot open store {path}: {err}") from err
+    try:
+        totals = {
+            device: (int(n), int(s or 0), top)
+            for device, n, s, top in db.execute(
+                "SELECT device, count(*), sum(samples), max(seq) FROM messages GROUP BY device"
+            )
+        }
+        states = {d: (o, seen) for d, o, seen in db.execute("SELECT device, online, last_seen FROM devices")}
+    except sqlite3.Error as err:
+        raise StoreError(f"cannot read store {path}: {err}") from err
+    finally:
+        db.close()
+    summaries = []
+    for device in sorted(totals.keys() | states.keys()):
+        messages, samples, top = totals.get(device, (0, 0, None))
+        online, seen = states.get(device, (None, None))
+        summaries.append(
+            DeviceSummary(device, messages, samples, top, None if online is None else bool(online), seen)
+        )
+    return summaries

@@ -1,0 +1,189 @@
+"""A private Mosquitto, spawned from the system binary on a free port with a generated config.
+
+The demo and the test fixtures use it; it can be stopped, killed (SIGKILL) and restarted on the
+same port, with or without persistence.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from edgekernel.link.errors import BrokerError
+
+INSTALL_HINT = (
+    "Mosquitto is not installed. On Debian or Ubuntu run:\n"
+    "    sudo apt-get install -y mosquitto mosquitto-clients\n"
+    "(edgekernel starts its own broker on a free port; the system service need not run)."
+)
+
+
+def find_mosquitto() -> Path:
+    """The mosquitto binary, or `BrokerError` with the command that installs it."""
+    for candidate in (
+        shutil.which("mosquitto"),
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ):
+        if candidate and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    raise BrokerError(INSTALL_HINT)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class Mosquitto:
+    """``with Mosquitto(workdir) as broker: broker.url`` — a broker of our own."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        persistence: bool = False,
+        autosave_interval_s: int = 1,
+        extra_config: str = "",
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.persistence = persistence
+        self.autosave_interval_s = autosave_interval_s
+        self.extra_config = extra_config
+        self.binary = find_mosquitto()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "mosquitto.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _write_config(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listener {self.port} {self.host}",
+            "allow_anonymous true",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.workdir}/",
+            f"autosave_interval {self.autosave_interval_s}",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+            "max_queued_messages 1000000",
+            "max_inflight_messages 100",
+            "set_tcp_nodelay true",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")
+        if self.extra_config:
+            lines.append(self.extra_config)
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            return
+        if port_open(self.host, self.port):
+            raise BrokerError(f"port {self.port} on {self.host} is already in use; choose another port")
+        self._write_config()
+        self._proc = subprocess.Popen(
+            [str(self.binary), "-c", str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                self._proc = None
+                raise BrokerError(f"mosquitto exited at start: {err.strip() or self._log_tail()}")
+            if port_open(self.host, self.port):
+                return
+            time.sleep(0.02)
+        self.kill()
+        raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout}s")
+
+    def _log_tail(self) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-5:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM): a persistent broker saves its state."""
+        self._signal(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: whatever the broker held in memory since its last autosave is gone."""
+        self._signal(signal.SIGKILL, 10.0)
+
+    def restart(self, *, kill: bool = False) -> None:
+        self.kill() if kill else self.stop()
+        self.start()
+
+    def _signal(self, sig: signal.Signals, timeout: float) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+        deadline = time.monotonic() + timeout
+        while port_open(self.host, self.port) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

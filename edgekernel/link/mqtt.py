@@ -1,0 +1,443 @@
+"""One MQTT 5 session over paho-mqtt 2, for every edgekernel program.
+
+paho's network thread does the I/O; every callback hands over to the asyncio loop at once with
+``call_soon_threadsafe`` and never blocks. The session keeps a persistent broker session
+(``clean_start=False`` with a session expiry), re-subscribes on every connect, publishes a birth
+message on every connect and arms a Last Will before every connect attempt, and reconnects with
+exponential backoff and jitter.
+
+    async with MqttSession(broker, client_id="demo-dev-01", subscriptions=[...]) as session:
+        await session.wait_connected()
+        await session.publish(topic, payload, qos=1)
+        async for message in session.messages():
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edgekernel.config.models import BrokerConfig
+from edgekernel.link.errors import LinkError, NotConnectedError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message received from the broker."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    content_type: str | None = None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
+    received_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message to publish, as a value: used for the birth message and the Last Will."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+    content_type: str | None = None
+
+
+@dataclass(slots=True)
+class SessionStats:
+    connects: int = 0
+    disconnects: int = 0
+    connect_failures: int = 0
+    received: int = 0
+    published: int = 0
+    dropped_qos0_offline: int = 0
+    last_error: str | None = None
+    connected_since: float | None = None
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+WillFactory = Callable[[], Outgoing]
+
+
+class MqttSession:
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        *,
+        client_id: str,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        will: WillFactory | None = None,
+        birth: WillFactory | None = None,
+        persistent: bool = True,
+    ) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        self.subscriptions = list(subscriptions)
+        self.stats = SessionStats()
+        self._will = will
+        self._birth = birth
+        self._persistent = persistent
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._connected = asyncio.Event()
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._closing = threading.Event()
+        self._attempt = 0
+        self._started = False
+        self._client = self._make_client()
+
+    def _make_client(self) -> paho.Client:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        client.reconnect_delay_set(0, 0)  # the backoff with jitter lives in _before_connect
+        client.max_queued_messages_set(0)
+        if self.broker.username is not None:
+            client.username_pw_set(self.broker.username, self._password())
+        if self.broker.uses_tls:
+            self._configure_tls(client)
+        client.on_pre_connect = self._before_connect
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    def _password(self) -> str | None:
+        if self.broker.password is not None:
+            return self.broker.password.get_secret_value()
+        if self.broker.password_file is not None:
+            try:
+                return self.broker.password_file.read_text().strip()
+            except OSError as err:
+                raise LinkError(f"cannot read password_file {self.broker.password_file}: {err}") from err
+        return None
+
+    def _configure_tls(self, client: paho.Client) -> None:
+        tls = self.broker.tls
+        try:
+            client.tls_set(
+                ca_certs=str(tls.ca_file) if tls and tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls and tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls and tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        except (OSError, ssl.SSLError, ValueError) as err:
+            raise LinkError(f"TLS setup failed: {err}") from err
+        if tls is not None and tls.insecure:
+            client.tls_insecure_set(True)
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        properties = _properties(
+            PacketTypes.CONNECT,
+            SessionExpiryInterval=self.broker.session_expiry_s if self._persistent else 0,
+        )
+        self._client.connect_async(
+            self.broker.host,
+            self.broker.port,
+            keepalive=self.broker.keepalive_s,
+            clean_start=not self._persistent,
+            properties=properties,
+        )
+        self._client.loop_start()
+        self._started = True
+
+    async def close(self, *, last: Outgoing | None = None, timeout: float = 5.0) -> None:
+        """Publish `last` (say, an offline status) if connected, then disconnect cleanly."""
+        if not self._started:
+            return
+        if last is not None and self.connected:
+            try:
+                await asyncio.wait_for(self.publish_message(last), timeout)
+            except (TimeoutError, LinkError) as err:
+                log.warning("%s: could not publish the last message: %s", self.client_id, err)
+        self._closing.set()
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+        self._started = False
+        self._connected.clear()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(NotConnectedError("session closed before the broker acknowledged"))
+        self._pending.clear()
+        self._inbox.put_nowait(None)
+
+    async def __aenter__(self) -> MqttSession:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            why = f": {self.stats.last_error}" if self.stats.last_error else ""
+            raise NotConnectedError(f"no connection to {self.broker.url} within {timeout}s{why}") from None
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        content_type: str | None = None,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> asyncio.Future[None]:
+        """Hand a message to paho; the future resolves when the broker acknowledges it (QoS 1/2)
+        or it was written to the socket (QoS 0). QoS 1/2 messages published while offline are kept
+        and sent after the reconnect; QoS 0 ones are dropped and counted."""
+        loop = self._require_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        properties = _properties(
+            PacketTypes.PUBLISH,
+            ContentType=content_type,
+            ResponseTopic=response_topic,
+            CorrelationData=correlation_data,
+        )
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0:
+            self.stats.dropped_qos0_offline += 1
+            future.set_exception(NotConnectedError(f"not connected; QoS 0 message to {topic} dropped"))
+            return future
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            future.set_exception(LinkError(f"publish to {topic} failed: {paho.error_string(info.rc)}"))
+            return future
+        self.stats.published += 1
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS and info.is_published():
+            future.set_result(None)
+        else:
+            self._pending[info.mid] = future
+        return future
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        content_type: str | None = None,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> None:
+        await self.publish_nowait(
+            topic,
+            payload,
+            qos=qos,
+            retain=retain,
+            content_type=content_type,
+            response_topic=response_topic,
+            correlation_data=correlation_data,
+        )
+
+    async def publish_message(self, message: Outgoing) -> None:
+        await self.publish(
+            message.topic,
+            message.payload,
+            qos=message.qos,
+            retain=message.retain,
+            content_type=message.content_type,
+        )
+
+    # -- receiving --------------------------------------------------------------------------
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Every message received, in order, until the session closes."""
+        while True:
+            message = await self._inbox.get()
+            if message is None:
+                return
+            yield message
+
+    @property
+    def backlog(self) -> int:
+        return self._inbox.qsize()
+
+    # -- paho's thread: hand over, never block ----------------------------------------------
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise NotConnectedError("session not started (use `async with` or start())")
+        return self._loop
+
+    def _call(self, func: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(func, *args)
+
+    def _before_connect(self, client: paho.Client, userdata: object) -> None:
+        if self._attempt > 0:
+            self._closing.wait(self._backoff(self._attempt))
+        self._attempt += 1
+        if self._will is not None:
+            will = self._will()
+            client.will_set(
+                will.topic,
+                will.payload,
+                qos=will.qos,
+                retain=will.retain,
+                properties=_properties(PacketTypes.WILLMESSAGE, ContentType=will.content_type),
+            )
+
+    def _backoff(self, attempt: int) -> float:
+        cfg = self.broker.reconnect
+        delay: float = min(cfg.max_delay_s, cfg.min_delay_s * 2 ** min(attempt - 1, 30))
+        return delay * (1 - cfg.jitter * random.random())
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self.stats.connect_failures += 1
+            self.stats.last_error = f"broker refused the connection: {reason}"
+            log.warning("%s: %s", self.client_id, self.stats.last_error)
+            return
+        self._attempt = 0
+        if self.subscriptions:
+            client.subscribe([(t, SubscribeOptions(qos=q)) for t, q in self.subscriptions])
+        if self._birth is not None:
+            birth = self._birth()
+            client.publish(
+                birth.topic,
+                birth.payload,
+                qos=birth.qos,
+                retain=birth.retain,
+                properties=_properties(PacketTypes.PUBLISH, ContentType=birth.content_type),
+            )
+        self._call(self._mark_connected, True)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        self.stats.connect_failures += 1
+        self.stats.last_error = f"cannot reach {self.broker.url}"
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self.stats.last_error = f"disconnected: {reason}"
+        self._call(self._mark_connected, False)
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        self._call(
+            self._on_received,
+            Message(
+                topic=_topic_text(msg),
+                payload=bytes(msg.payload),
+                qos=msg.qos,
+                retain=bool(msg.retain),
+                content_type=getattr(props, "ContentType", None),
+                response_topic=getattr(props, "ResponseTopic", None),
+                correlation_data=getattr(props, "CorrelationData", None),
+                user_properties=tuple(getattr(props, "UserProperty", ()) or ()),
+                received_at=time.time(),
+            ),
+        )
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._call(self._resolve, mid, None if not reason.is_failure else str(reason))
+
+    # -- back on the loop -------------------------------------------------------------------
+
+    def _mark_connected(self, up: bool) -> None:
+        if up:
+            self.stats.connects += 1
+            self.stats.connected_since = time.time()
+            self._connected.set()
+        elif self._connected.is_set():
+            self.stats.disconnects += 1
+            self.stats.connected_since = None
+            self._connected.clear()
+
+    def _on_received(self, message: Message) -> None:
+        self.stats.received += 1
+        self._inbox.put_nowait(message)
+
+    def _resolve(self, mid: int, failure: str | None) -> None:
+        future = self._pending.pop(mid, None)
+        if future is None or future.done():
+            return
+        if failure is None:
+            future.set_result(None)
+        else:
+            future.set_exception(LinkError(f"broker refused message {mid}: {failure}"))
+
+
+def _properties(packet_type: int, **values: object) -> Properties | None:
+    """MQTT 5 properties with the values that are set, or None when none is."""
+    present = {name: value for name, value in values.items() if value is not None}
+    if not present:
+        return None
+    properties = Properties(packet_type)  # type: ignore[no-untyped-call]
+    for name, value in present.items():
+        setattr(properties, name, value)
+    return properties
+
+
+def _topic_text(msg: paho.MQTTMessage) -> str:
+    try:
+        return msg.topic
+    except UnicodeDecodeError:
+        return msg._topic.decode("utf-8", "replace")

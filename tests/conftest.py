@@ -1,0 +1,32 @@
+"""Fixtures shared by every test: a real Mosquitto of our own on a free port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgekernel.link import BrokerError, Mosquitto, find_mosquitto
+
+
+@pytest.fixture(scope="session")
+def mosquitto_binary() -> Path:
+    try:
+        return find_mosquitto()
+    except BrokerError as err:
+        pytest.fail(str(err))
+
+
+@pytest.fixture
+def broker(tmp_path: Path, mosquitto_binary: Path) -> Iterator[Mosquitto]:
+    """A fresh broker for one test, without persistence; the test may stop, kill or restart it."""
+    with Mosquitto(tmp_path / "broker") as instance:
+        yield instance
+
+
+@pytest.fixture
+def persistent_broker(tmp_path: Path, mosquitto_binary: Path) -> Iterator[Mosquitto]:
+    """A fresh broker that saves its state (autosave every second) across restarts."""
+    with Mosquitto(tmp_path / "broker", persistence=True) as instance:
+        yield instance

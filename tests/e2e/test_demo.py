@@ -1,0 +1,87 @@
+"""The demo end to end: broker, gateway and three device processes; a SIGKILLed device goes offline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgekernel.config import BrokerConfig
+from edgekernel.fleet import snapshot
+from edgekernel.gateway.store import StoreError, read_summary
+from tests.integration.helpers import poll
+
+pytestmark = pytest.mark.e2e
+
+
+def fleet_status(url: str) -> dict[str, bool | None]:
+    registry = asyncio.run(snapshot(BrokerConfig(url=url), "demo"))
+    return {name: view.online for name, view in registry.devices.items()}
+
+
+def stored_samples(store: Path) -> dict[str, int]:
+    try:
+        return {s.device: s.samples for s in read_summary(store)}
+    except StoreError:
+        return {}
+
+
+def test_demo_with_three_devices(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgekernel",
+            "demo",
+            "--devices",
+            "3",
+            "--duration",
+            "120",
+            "--workdir",
+            str(workdir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        run = poll(
+            lambda: (workdir / "run.json").exists() and json.loads((workdir / "run.json").read_text()),
+            timeout=30,
+            what="run.json",
+        )
+        url, store = run["broker_url"], Path(run["store"])
+        devices = ["dev-01", "dev-02", "dev-03"]
+        poll(
+            lambda: all(stored_samples(store).get(d, 0) > 0 for d in devices),
+            timeout=30,
+            what="samples from every device",
+        )
+        assert poll(lambda: fleet_status(url) == dict.fromkeys(devices, True), timeout=20, what="all online")
+
+        os.kill(run["pids"]["dev-02"], signal.SIGKILL)
+        poll(
+            lambda: fleet_status(url).get("dev-02") is False, timeout=20, what="dev-02 offline via Last Will"
+        )
+        status = fleet_status(url)
+        assert status["dev-01"] is True
+        assert status["dev-03"] is True
+
+        before = stored_samples(store)
+        poll(
+            lambda: stored_samples(store)["dev-01"] > before["dev-01"],
+            timeout=10,
+            what="the others keep flowing",
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert f"mosquitto_sub -h 127.0.0.1 -p {run['broker_port']} -t 'ek/v1/#' -v" in output

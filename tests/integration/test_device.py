@@ -1,0 +1,132 @@
+"""The device kernel: birth and will, reported capabilities, telemetry with a seq that survives restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from edgekernel.config import BrokerConfig, DeviceConfig
+from edgekernel.config.models import BatchConfig, ReconnectConfig, SensorConfig, SimSignal
+from edgekernel.device.kernel import Kernel
+from edgekernel.link import Message, Mosquitto, MqttSession
+from edgekernel.protocol import ReportedBody, StatusBody, TelemetryBody, decode, topics
+
+from .helpers import Collector, wait_until
+
+pytestmark = pytest.mark.integration
+
+FLEET = "plant"
+
+
+def device_config(broker: Mosquitto, tmp_path: Path, **extra: object) -> DeviceConfig:
+    return DeviceConfig(
+        fleet=FLEET,
+        device="dev-1",
+        broker=BrokerConfig(url=broker.url, reconnect=ReconnectConfig(min_delay_s=0.1, max_delay_s=0.5)),
+        data_dir=tmp_path / "dev-1",
+        labels={"site": "lab"},
+        sensors=[
+            SensorConfig(
+                stream="vibration",
+                rate_hz=200,
+                batch=BatchConfig(max_samples=20, max_wait_ms=200),
+                sim=SimSignal(kind="vibration", seed=1),
+            ),
+            SensorConfig(
+                stream="temp", rate_hz=5, batch=BatchConfig(max_samples=1, max_wait_ms=0), best_effort=True
+            ),
+        ],
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def run_for(kernel: Kernel, seconds: float, seen: Collector) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(kernel.run(stop))
+    await seen.wait_for(lambda ms: any(m.topic.endswith("/telemetry/temp") for m in ms))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await task
+    await seen.wait_for(lambda ms: any(not s.online for s in statuses(ms)), what="offline status")
+
+
+def telemetry_seqs(messages: list[Message]) -> list[int]:
+    seqs = []
+    for message in messages:
+        if "/telemetry/" in message.topic:
+            envelope = decode(message.payload)
+            TelemetryBody.from_envelope(envelope)
+            assert envelope.seq is not None
+            seqs.append(envelope.seq)
+    return seqs
+
+
+def statuses(messages: list[Message]) -> list[StatusBody]:
+    return [StatusBody.from_envelope(decode(m.payload)) for m in messages if m.topic.endswith("/status")]
+
+
+def test_device_announces_itself_reports_and_publishes_batched_telemetry(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with Collector(broker.url, f"ek/v1/{FLEET}/#") as seen:
+            await run_for(Kernel(device_config(broker, tmp_path)), 1.0, seen)
+            first, last = statuses(seen.messages)[0], statuses(seen.messages)[-1]
+            assert first.online
+            assert not last.online
+            assert first.boot == last.boot == 1
+            [reported] = [m for m in seen.messages if m.topic == topics.reported(FLEET, "dev-1")]
+            body = ReportedBody.from_envelope(decode(reported.payload))
+            assert body.capabilities.cores >= 1
+            assert "CPUExecutionProvider" in body.capabilities.onnx_providers
+            assert body.streams == ["vibration", "temp"]
+            assert body.labels == {"site": "lab"}
+            seqs = telemetry_seqs(seen.messages)
+            assert seqs == list(range(1, len(seqs) + 1))
+            vib = [decode(m.payload) for m in seen.on(topics.telemetry(FLEET, "dev-1", "vibration"))]
+            assert all(len(TelemetryBody.from_envelope(e).samples) <= 20 for e in vib)
+            assert sum(len(TelemetryBody.from_envelope(e).samples) for e in vib) >= 150
+
+    asyncio.run(scenario())
+
+
+def test_seq_and_boot_survive_a_restart(broker: Mosquitto, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Collector(broker.url, f"ek/v1/{FLEET}/#") as seen:
+            await run_for(Kernel(device_config(broker, tmp_path)), 0.3, seen)
+            before = telemetry_seqs(seen.messages)
+            seen.messages.clear()
+            await run_for(Kernel(device_config(broker, tmp_path)), 0.3, seen)
+            after = telemetry_seqs(seen.messages)
+            assert after[0] == before[-1] + 1
+            assert after == list(range(after[0], after[0] + len(after)))
+            assert statuses(seen.messages)[0].boot == 2
+
+    asyncio.run(scenario())
+
+
+def test_device_refuses_bad_messages_on_its_topics_and_keeps_running(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        kernel = Kernel(device_config(broker, tmp_path))
+        stop = asyncio.Event()
+        task = asyncio.create_task(kernel.run(stop))
+        await kernel.session.wait_connected(10)
+        async with MqttSession(BrokerConfig(url=broker.url), client_id="evil", persistent=False) as evil:
+            await evil.wait_connected(10)
+            await evil.publish(topics.desired(FLEET, "dev-1"), b"\xff\x00garbage", qos=1)
+            await evil.publish(topics.cmd(FLEET, "dev-1", "reboot"), b"{}", qos=1)
+            await evil.publish(topics.ack(FLEET, "dev-1"), b"x" * 300_000, qos=1)
+        await wait_until(lambda: sum(v for k, v in kernel.counters.items() if k.startswith("rejected:")) == 3)
+        assert kernel.counters["rejected:bad-cbor"] == 1
+        assert kernel.counters["rejected:bad-envelope"] == 1
+        assert kernel.counters["rejected:oversized"] == 1
+        sent = kernel.counters["telemetry_sent"]
+        await wait_until(lambda: kernel.counters["telemetry_sent"] > sent + 2, what="telemetry keeps flowing")
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
