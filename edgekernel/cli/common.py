@@ -12,6 +12,7 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 err_console = Console(stderr=True)
 console = Console()
@@ -28,7 +29,7 @@ class Exit(IntEnum):
 
 
 def fail(message: str, code: Exit = Exit.FAILED) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(int(code))
 
 

@@ -6,6 +6,7 @@ as ``base_dir`` in the validation context).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -36,7 +37,7 @@ def _resolve(path: Path, info: ValidationInfo) -> Path:
         raise ValueError(f"cannot expand {str(path)!r}: no such home directory") from None
     if not path.is_absolute() and base is not None:
         path = Path(base) / path
-    return path
+    return Path(os.path.normpath(path))
 
 
 FilePath = Annotated[Path, AfterValidator(_resolve)]

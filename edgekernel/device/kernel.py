@@ -15,6 +15,7 @@ from collections import Counter
 from edgekernel import __version__
 from edgekernel.config.models import DeviceConfig, SensorConfig
 from edgekernel.device import capabilities
+from edgekernel.device.logsink import MqttLogHandler
 from edgekernel.device.state import DeviceState
 from edgekernel.device.telemetry import SensorStream
 from edgekernel.link import Message, MqttSession, Outgoing
@@ -81,6 +82,14 @@ class Kernel:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then flush what the sensors hold and say goodbye."""
         self._capabilities = await asyncio.to_thread(capabilities.detect)
+        log_handler = MqttLogHandler(self.device, self._publish_log, encoding=self.config.encoding)
+        logging.getLogger().addHandler(log_handler)
+        try:
+            await self._run(stop)
+        finally:
+            logging.getLogger().removeHandler(log_handler)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tasks:
             self.session.start()
             workers = [
@@ -147,6 +156,16 @@ class Kernel:
         self.counters["telemetry_sent"] += 1
         self.counters["samples_sent"] += len(body.samples)
 
+    def _publish_log(self, payload: bytes) -> None:
+        if not self.session.connected:
+            self.counters["log_dropped_offline"] += 1
+            return
+        self._watch(
+            self.session.publish_nowait(
+                topics.log(self.fleet, self.device), payload, qos=0, content_type=self._content_type
+            )
+        )
+
     def _watch(self, future: asyncio.Future[None]) -> None:
         future.add_done_callback(self._count_failure)
 
@@ -169,7 +188,7 @@ class Kernel:
             envelope = decode(message.payload)
         except ProtocolError as err:
             self.counters[f"rejected:{err.reason}"] += 1
-            log.warning("refused message on %s: %s", message.topic, err)
+            log.warning("refused message on %s [%s]: %s", message.topic, err.reason, err)
             return
         self.counters[f"received:{topic.kind.value}"] += 1
         if topic.kind is TopicKind.DESIRED:

@@ -183,6 +183,8 @@ class Gateway:
     def _refuse(self, message: Message, err: ProtocolError) -> None:
         self.counters[f"rejected:{err.reason}"] += 1
         self.counters["rejected"] += 1
-        log.warning("refused message on %s (%d bytes): %s", message.topic, len(message.payload), err)
+        log.warning(
+            "refused message on %s [%s, %d bytes]: %s", message.topic, err.reason, len(message.payload), err
+        )
         self._rejected.append(Rejected(message.topic, err.reason, str(err), message.payload, time.time()))
         self._wake.set()

@@ -192,11 +192,6 @@ class Store:
             ),
         )
 
-    def sample_counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT device, sum(samples) FROM messages GROUP BY device")
-            return {device: int(total) for device, total in rows}
-
     def close(self) -> None:
         with self._lock:
             self._db.close()

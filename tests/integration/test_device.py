@@ -115,15 +115,22 @@ def test_device_refuses_bad_messages_on_its_topics_and_keeps_running(
         stop = asyncio.Event()
         task = asyncio.create_task(kernel.run(stop))
         await kernel.session.wait_connected(10)
-        async with MqttSession(BrokerConfig(url=broker.url), client_id="evil", persistent=False) as evil:
+        logs = Collector(broker.url, topics.log(FLEET, "dev-1"), client_id="logs")
+        async with logs, MqttSession(BrokerConfig(url=broker.url), client_id="evil", persistent=False) as evil:
             await evil.wait_connected(10)
             await evil.publish(topics.desired(FLEET, "dev-1"), b"\xff\x00garbage", qos=1)
             await evil.publish(topics.cmd(FLEET, "dev-1", "reboot"), b"{}", qos=1)
             await evil.publish(topics.ack(FLEET, "dev-1"), b"x" * 300_000, qos=1)
+            await logs.wait_for(lambda ms: len(ms) == 3, what="three log lines")
         await wait_until(lambda: sum(v for k, v in kernel.counters.items() if k.startswith("rejected:")) == 3)
         assert kernel.counters["rejected:bad-cbor"] == 1
         assert kernel.counters["rejected:bad-envelope"] == 1
         assert kernel.counters["rejected:oversized"] == 1
+        lines = [decode(m.payload) for m in logs.messages]
+        assert len(lines) == 3
+        assert all(e.type == "log" for e in lines)
+        assert all(e.body["level"] == "warning" for e in lines)
+        assert "oversized" in str(lines[-1].body["message"])
         sent = kernel.counters["telemetry_sent"]
         await wait_until(lambda: kernel.counters["telemetry_sent"] > sent + 2, what="telemetry keeps flowing")
         stop.set()

@@ -13,7 +13,7 @@ settings.register_profile(
     "ci",
     deadline=None,
     derandomize=False,
-    max_examples=60,
+    max_examples=100,
 )
 settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=2_000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
