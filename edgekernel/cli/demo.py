@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
 import os
@@ -10,8 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,9 +22,10 @@ from rich.table import Table
 
 from edgekernel.cli.common import Exit, console, err_console, fail
 from edgekernel.config import ConfigError, load_device, load_gateway
-from edgekernel.gateway.store import DeviceSummary, StoreError, read_summary
-from edgekernel.link import BrokerError, Mosquitto
+from edgekernel.gateway import DeviceSummary, StoreError, read_summary
+from edgekernel.link import BrokerError, Mosquitto, find_mosquitto
 
+PR_SET_PDEATHSIG = 1
 FLEET = "demo"
 GATEWAY = "gw-1"
 
@@ -79,7 +80,6 @@ class Child:
     argv: list[str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
-    exit_code: int | None = field(default=None)
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +90,7 @@ class Child:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 (children start before any thread does)
             )
 
     @property
@@ -101,15 +102,27 @@ class Child:
             return "running"
         return f"exited ({code})" if code >= 0 else f"killed ({signal.Signals(-code).name})"
 
-    def terminate(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def wait(self, timeout: float) -> None:
+        if self.proc is None:
             return
-        self.proc.terminate()
         try:
-            self.proc.wait(timeout)
+            self.proc.wait(max(0.0, timeout))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: Linux sends it SIGTERM if the demo dies without cleaning up."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
 
 
 class Demo:
@@ -185,11 +198,15 @@ class Demo:
         tmp.write_text(json.dumps(info, indent=2))
         tmp.replace(self.workdir / "run.json")
 
-    def stop(self) -> None:
-        for name in self.device_names:
-            self.children[name].terminate()
-        if GATEWAY in self.children:
-            self.children[GATEWAY].terminate()
+    def stop(self, timeout: float = 10.0) -> None:
+        """Devices first (they say goodbye through the broker), then the gateway, then the broker."""
+        devices = [c for name, c in self.children.items() if name != GATEWAY]
+        for group in (devices, [c for name, c in self.children.items() if name == GATEWAY]):
+            for child in group:
+                child.terminate()
+            deadline = time.monotonic() + timeout
+            for child in group:
+                child.wait(deadline - time.monotonic())
         self.broker.stop()
 
     def summary(self) -> dict[str, DeviceSummary]:
@@ -256,57 +273,60 @@ def demo(
     ] = None,
 ) -> None:
     """Start a private Mosquitto, a gateway and N simulated devices that publish telemetry."""
-    root = workdir or Path(tempfile.mkdtemp(prefix="edgekernel-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
     try:
-        runner = Demo(root.resolve(), devices, port)
+        find_mosquitto()
     except BrokerError as err:
         fail(str(err), Exit.MISSING)
+    root = workdir or Path(tempfile.mkdtemp(prefix="edgekernel-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    runner = Demo(root.resolve(), devices, port)
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in stop_signals}
+    started = time.monotonic()
     try:
         runner.start()
+        _banner(runner)
+        _run(runner, started, duration)
     except BrokerError as err:
-        runner.stop()
-        fail(f"{err}", Exit.FAILED)
+        fail(str(err), Exit.FAILED)
     except ConfigError as err:
-        runner.stop()
         fail(f"generated config does not validate (a bug): {err}")
-    _banner(runner)
-    stopping = _run(runner, duration)
-    totals = runner.summary()
-    runner.stop()
-    console.print(runner.table(stopping))
+    finally:
+        for sig in stop_signals:
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean stop short
+        totals = runner.summary()
+        runner.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    console.print(runner.table(started))
     missing = [name for name in runner.device_names if name not in totals or totals[name].samples == 0]
     if missing:
         err_console.print(f"[red]no samples stored from {', '.join(missing)}[/]; see {runner.logs}")
         raise typer.Exit(int(Exit.FAILED))
 
 
-def _keep_running(runner: Demo, deadline: float | None, stopped: Callable[[], bool]) -> bool:
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _keep_running(runner: Demo, deadline: float | None) -> bool:
     time.sleep(0.5)
     if not runner.broker.running:
         err_console.print("[red]the broker exited[/]")
         return False
-    return not stopped() and (deadline is None or time.monotonic() < deadline)
+    return deadline is None or time.monotonic() < deadline
 
 
-def _run(runner: Demo, duration: float | None) -> float:
-    started = time.monotonic()
+def _run(runner: Demo, started: float, duration: float | None) -> None:
     deadline = None if duration is None else started + duration
-    stop = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
     try:
         if console.is_terminal:
             with Live(runner.table(started), console=console, transient=True, auto_refresh=False) as live:
-                while _keep_running(runner, deadline, lambda: stop):
+                while _keep_running(runner, deadline):
                     live.update(runner.table(started), refresh=True)
         else:
             last = started
-            while _keep_running(runner, deadline, lambda: stop):
+            while _keep_running(runner, deadline):
                 if time.monotonic() - last >= 10:
                     last = time.monotonic()
                     totals = runner.summary()
@@ -316,4 +336,3 @@ def _run(runner: Demo, duration: float | None) -> float:
                     )
     except KeyboardInterrupt:
         pass
-    return started

@@ -16,6 +16,7 @@ from edgekernel.cli.common import BROKER_OPTION_HELP, Exit, console, fail
 from edgekernel.config import BrokerConfig, ConfigError, load_fleet
 from edgekernel.fleet import DeviceView, snapshot
 from edgekernel.link import LinkError
+from edgekernel.protocol import topics
 
 app = typer.Typer(help="See and steer the fleet.", no_args_is_help=True)
 
@@ -23,19 +24,22 @@ DEFAULT_FLEET_CONFIG = Path("firmware-config/fleet.yaml")
 
 
 def resolve_target(config: Path | None, broker: str | None, fleet: str | None) -> tuple[BrokerConfig, str]:
-    """The broker and fleet id from --broker/--fleet, falling back to the fleet config file."""
+    """The broker and fleet id: the fleet config file (given, or found in the current folder), with
+    --broker and --fleet overriding what it says."""
     path = config if config is not None else DEFAULT_FLEET_CONFIG
-    if (broker is None or fleet is None) and (config is not None or path.exists()):
+    base, fleet_id = BrokerConfig(), fleet
+    if config is not None or path.exists():
         try:
             cfg = load_fleet(path)
         except ConfigError as err:
             fail(str(err))
-        broker_cfg = cfg.broker.with_url(broker) if broker else cfg.broker
-        return broker_cfg, fleet or cfg.fleet
-    if fleet is None:
+        base, fleet_id = cfg.broker, fleet or cfg.fleet
+    if fleet_id is None:
         fail(f"give --fleet (or a fleet config with --config; {DEFAULT_FLEET_CONFIG} not found)", Exit.USAGE)
+    if not topics.is_id(fleet_id):
+        fail(f"fleet id {fleet_id!r} is not an id (1-63 of a-z 0-9 _ -)", Exit.USAGE)
     try:
-        return BrokerConfig(url=broker or BrokerConfig().url), fleet
+        return (base.with_url(broker) if broker else base), fleet_id
     except ValueError as err:
         fail(str(err), Exit.USAGE)
 
@@ -89,7 +93,6 @@ class DeviceRow:
 
     def cells(self, now: float) -> list[str]:
         status = {True: "[green]online[/]", False: "[red]offline[/]", None: "[dim]unknown[/]"}[self.online]
-        providers = [p.removesuffix("ExecutionProvider") for p in self.onnx_providers]
         return [
             self.device,
             status,
@@ -98,7 +101,7 @@ class DeviceRow:
             "-" if self.cores is None else str(self.cores),
             "-" if self.ram_bytes is None else _gib(self.ram_bytes),
             ", ".join(f"{k} {v}" for k, v in self.runtimes.items()) or "-",
-            ", ".join(providers + self.accelerators) or "-",
+            ", ".join(self.accelerators) or "cpu",
             ", ".join(self.streams) or "-",
         ]
 

@@ -68,7 +68,8 @@ def watch(
     """Subscribe to FILTER and print every message, decoded; messages that break the contract are flagged."""
     try:
         broker_cfg = BrokerConfig(url=broker)
-    except ValueError as err:
+        topics.check_filter(topic_filter)
+    except (ValueError, ProtocolError) as err:
         fail(str(err), Exit.USAGE)
     try:
         asyncio.run(_watch(broker_cfg, topic_filter, count, as_json, timeout))

@@ -6,48 +6,22 @@ as ``base_dir`` in the validation context).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from edgekernel.config.base import FilePath, Id, Model, Seconds
+from edgekernel.config.kernel import KernelConfig
 from edgekernel.protocol.codec import DEFAULT_MAX_PAYLOAD, Encoding
-from edgekernel.protocol.topics import ID_PATTERN
-
-Id = Annotated[str, Field(pattern=f"^{ID_PATTERN}$", description="1-63 of a-z 0-9 _ -")]
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-def _resolve(path: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir") if info.context else None
-    try:
-        path = path.expanduser()
-    except RuntimeError:
-        raise ValueError(f"cannot expand {str(path)!r}: no such home directory") from None
-    if not path.is_absolute() and base is not None:
-        path = Path(base) / path
-    return Path(os.path.normpath(path))
-
-
-FilePath = Annotated[Path, AfterValidator(_resolve)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TlsConfig(_Model):
+class TlsConfig(Model):
     ca_file: FilePath | None = None
     cert_file: FilePath | None = None
     key_file: FilePath | None = None
@@ -60,7 +34,7 @@ class TlsConfig(_Model):
         return self
 
 
-class ReconnectConfig(_Model):
+class ReconnectConfig(Model):
     min_delay_s: Seconds = 0.5
     max_delay_s: Seconds = 30.0
     jitter: Annotated[float, Field(ge=0, le=1)] = 0.5
@@ -72,7 +46,7 @@ class ReconnectConfig(_Model):
         return self
 
 
-class BrokerConfig(_Model):
+class BrokerConfig(Model):
     url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://HOST:PORT or mqtts://HOST:PORT")
     username: str | None = None
     password: SecretStr | None = None
@@ -131,14 +105,14 @@ def parse_broker_url(url: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, port
 
 
-class BatchConfig(_Model):
+class BatchConfig(Model):
     """Samples are packed into one envelope until either limit is reached."""
 
     max_samples: Annotated[int, Field(ge=1, le=10_000)] = 10
     max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 1000
 
 
-class SimSignal(_Model):
+class SimSignal(Model):
     kind: Literal["sine", "vibration", "temperature", "random-walk"] = "sine"
     seed: int = 0
     amplitude: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
@@ -150,7 +124,7 @@ class SimSignal(_Model):
     )
 
 
-class SensorConfig(_Model):
+class SensorConfig(Model):
     stream: Id
     driver: Literal["sim"] = "sim"
     rate_hz: Annotated[float, Field(gt=0, le=10_000, allow_inf_nan=False)] = 1.0
@@ -160,7 +134,7 @@ class SensorConfig(_Model):
     sim: SimSignal = SimSignal()
 
 
-class DeviceConfig(_Model):
+class DeviceConfig(Model):
     fleet: Id
     device: Id
     broker: BrokerConfig = BrokerConfig()
@@ -169,6 +143,7 @@ class DeviceConfig(_Model):
     labels: dict[Id, Annotated[str, Field(max_length=128)]] = {}
     reported_interval_s: Seconds = 30.0
     sensors: list[SensorConfig] = []
+    kernel: KernelConfig = KernelConfig()
 
     @field_validator("sensors")
     @classmethod
@@ -181,13 +156,13 @@ class DeviceConfig(_Model):
         return sensors
 
 
-class StoreConfig(_Model):
+class StoreConfig(Model):
     path: FilePath
     batch_max: Annotated[int, Field(ge=1, le=100_000)] = 500
     batch_wait_ms: Annotated[int, Field(ge=0, le=10_000)] = 100
 
 
-class GatewayConfig(_Model):
+class GatewayConfig(Model):
     fleet: Id
     gateway: Id
     broker: BrokerConfig = BrokerConfig()
@@ -196,7 +171,7 @@ class GatewayConfig(_Model):
     max_payload_bytes: Annotated[int, Field(ge=256, le=256 * 1024 * 1024)] = DEFAULT_MAX_PAYLOAD
 
 
-class FleetConfig(_Model):
+class FleetConfig(Model):
     fleet: Id
     name: Annotated[str, Field(max_length=200)] = ""
     broker: BrokerConfig = BrokerConfig()

@@ -8,7 +8,6 @@ reason. Models, the inference scheduler and agents join it in later subsystems.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 
@@ -21,18 +20,23 @@ from edgekernel.device.telemetry import SensorStream
 from edgekernel.link import Message, MqttSession, Outgoing
 from edgekernel.protocol import (
     CONTENT_TYPES,
+    DEFAULT_MAX_PAYLOAD,
     Capabilities,
     ProtocolError,
     ReportedBody,
     StatusBody,
     TelemetryBody,
     TopicKind,
-    decode,
     encode,
+    inbound,
     topics,
 )
 
 log = logging.getLogger(__name__)
+
+MAX_PACKET_BYTES = (
+    4 * DEFAULT_MAX_PAYLOAD
+)  # the broker drops bigger packets; smaller oversized ones are counted
 
 
 class Kernel:
@@ -55,6 +59,7 @@ class Kernel:
             ],
             will=self._will,
             birth=self._birth,
+            max_packet_bytes=MAX_PACKET_BYTES,
         )
         self.streams: list[SensorStream] = []
 
@@ -115,13 +120,13 @@ class Kernel:
                 tasks.create_task(stream.run(), name=f"sensor:{stream.config.stream}")
 
     async def _report_loop(self) -> None:
+        """Report on every connection and every reported_interval_s while connected."""
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await self.session.wait_connected(timeout=self.config.reported_interval_s)
-                await self.publish_reported()
+            await self.session.wait_connected()
+            self.publish_reported()
             await asyncio.sleep(self.config.reported_interval_s)
 
-    async def publish_reported(self) -> None:
+    def publish_reported(self) -> None:
         caps = self._capabilities or capabilities.detect()
         body = ReportedBody(
             capabilities=caps,
@@ -185,7 +190,10 @@ class Kernel:
             topic = topics.parse(message.topic)
             if topic.device != self.device or topic.fleet != self.fleet:
                 raise ProtocolError("not-mine", "message for another device", topic=message.topic)
-            envelope = decode(message.payload)
+            if topic.kind is TopicKind.DESIRED and not message.payload:
+                self.counters["desired_cleared"] += 1
+                return
+            envelope = inbound(topic, message.payload).envelope
         except ProtocolError as err:
             self.counters[f"rejected:{err.reason}"] += 1
             log.warning("refused message on %s [%s]: %s", message.topic, err.reason, err)

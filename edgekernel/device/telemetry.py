@@ -1,4 +1,8 @@
-"""A sensor stream: reads its driver on a fixed grid and packs samples into batched envelopes."""
+"""A sensor stream: reads its driver on a fixed grid and packs samples into batched envelopes.
+
+The grid runs on the monotonic clock, so a wall-clock jump (NTP at boot on a box without an RTC)
+neither floods nor silences the stream; sample timestamps are wall-clock time, read at each poll.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ MAX_TICK_S = 0.05
 class SensorStream:
     def __init__(self, config: SensorConfig, emit: Emit, *, t0: float | None = None) -> None:
         self.config = config
-        self.source = SimSource(config.sim, config.rate_hz, time.time() if t0 is None else t0)
+        self.source = SimSource(config.sim, config.rate_hz, time.monotonic() if t0 is None else t0)
         self._emit = emit
         self._pending: list[Sample] = []
         self._oldest: float | None = None
@@ -36,16 +40,17 @@ class SensorStream:
     async def run(self) -> None:
         tick = self._tick_s()
         while True:
-            await self.poll(time.time())
+            await self.poll(time.monotonic())
             await asyncio.sleep(tick)
 
     async def poll(self, now: float) -> None:
-        """Take the samples due at `now`, and emit every batch that is full or old enough."""
+        """Take the samples due at `now` (monotonic), and emit every batch that is full or old enough."""
         batch = self.config.batch
-        for ts, value in self.source.take(self.source.due(now)):
+        wall_offset = time.time() - time.monotonic()
+        for at, value in self.source.take(self.source.due(now)):
             if not self._pending:
                 self._oldest = time.monotonic()
-            self._pending.append(Sample(ts=ts, value=value))
+            self._pending.append(Sample(ts=at + wall_offset, value=value))
             if len(self._pending) >= batch.max_samples:
                 await self.flush()
         waited_ms = (time.monotonic() - self._oldest) * 1000 if self._oldest is not None else 0.0

@@ -81,7 +81,7 @@ async def snapshot(
         persistent=False,
     )
     async with session:
-        await session.wait_connected(timeout)
+        await session.wait_subscribed(timeout)
         messages = session.messages()
         with contextlib.suppress(TimeoutError, StopAsyncIteration):
             while True:

@@ -14,7 +14,14 @@ import time
 from collections import Counter
 
 from edgekernel.config.models import GatewayConfig
-from edgekernel.gateway.store import DeviceUpdate, Rejected, Store, TelemetryRecord, encode_fields
+from edgekernel.gateway.store import (
+    DeviceUpdate,
+    Rejected,
+    Store,
+    StoreError,
+    TelemetryRecord,
+    encode_fields,
+)
 from edgekernel.link import Message, MqttSession
 from edgekernel.protocol import (
     Envelope,
@@ -24,19 +31,17 @@ from edgekernel.protocol import (
     TelemetryBody,
     Topic,
     TopicKind,
-    decode,
+    inbound,
     topics,
 )
 
 log = logging.getLogger(__name__)
 
 _NOT_FOR_US = frozenset({TopicKind.DESIRED, TopicKind.ACK, TopicKind.CMD, TopicKind.LOG, TopicKind.AGG})
-_EXPECTED_TYPE = {
-    TopicKind.TELEMETRY: "telemetry",
-    TopicKind.EVENTS: "event",
-    TopicKind.STATUS: "status",
-    TopicKind.REPORTED: "reported",
-}
+MIN_PACKET_LIMIT = 1 << 20  # larger packets are dropped by the broker, smaller oversized ones counted here
+RETRY_MIN_S = 0.2
+RETRY_MAX_S = 5.0
+CLOSE_RETRIES = 10
 
 
 class Gateway:
@@ -50,6 +55,7 @@ class Gateway:
         self._rejected: list[Rejected] = []
         self._last_seen: dict[str, float] = {}
         self._wake = asyncio.Event()
+        self._closing = False
         everything = topics.fleet_subscription(self.fleet)
         subscriptions = [(everything, 1)]
         if config.share_group is not None:
@@ -62,20 +68,24 @@ class Gateway:
             config.broker,
             client_id=f"ek-{self.fleet}-gw-{config.gateway}",
             subscriptions=subscriptions,
+            max_packet_bytes=max(4 * config.max_payload_bytes, MIN_PACKET_LIMIT),
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            self.session.start()
-            inbox = tasks.create_task(self._inbox_loop(), name="inbox")
-            flusher = tasks.create_task(self._flush_loop(stop), name="flush")
+        """Run until `stop`; then disconnect, store everything already received, and close the store."""
+        self.session.start()
+        inbox = asyncio.create_task(self._inbox_loop(), name="inbox")
+        flusher = asyncio.create_task(self._flush_loop(), name="flush")
+        try:
             await stop.wait()
-            inbox.cancel()
+        finally:
+            await self.session.close()
+            await inbox
+            self._closing = True
             self._wake.set()
             await flusher
-        await self.session.close()
-        self.store.close()
-        log.info("gateway %s stopped: %s", self.config.gateway, dict(self.counters))
+            self.store.close()
+            log.info("gateway %s stopped: %s", self.config.gateway, dict(self.counters))
 
     async def _inbox_loop(self) -> None:
         async for message in self.session.messages():
@@ -85,25 +95,52 @@ class Gateway:
     def pending(self) -> int:
         return len(self._telemetry) + len(self._devices) + len(self._rejected) + len(self._last_seen)
 
-    async def _flush_loop(self, stop: asyncio.Event) -> None:
+    async def _flush_loop(self) -> None:
         wait_s = self.config.store.batch_wait_ms / 1000.0
+        retry_s = RETRY_MIN_S
         while True:
             self._wake.clear()
             if not self.pending:
-                if stop.is_set():
+                if self._closing:
                     return
                 await self._wake.wait()
-            if len(self._telemetry) < self.config.store.batch_max and not stop.is_set():
+                continue
+            if len(self._telemetry) < self.config.store.batch_max and not self._closing:
                 await asyncio.sleep(wait_s)
-            await self.flush()
+            try:
+                await self.flush()
+                retry_s = RETRY_MIN_S
+            except StoreError as err:
+                self.counters["store_failures"] += 1
+                log.error(
+                    "store write failed (%d messages kept for a retry in %.1fs): %s",
+                    self.pending,
+                    retry_s,
+                    err,
+                )
+                if self._closing and self.counters["store_failures"] >= CLOSE_RETRIES:
+                    log.error("giving up at shutdown: %d messages were not stored", len(self._telemetry))
+                    self.counters["lost_at_shutdown"] += len(self._telemetry)
+                    return
+                await asyncio.sleep(retry_s)
+                retry_s = min(retry_s * 2, RETRY_MAX_S)
 
     async def flush(self) -> None:
-        seen = [DeviceUpdate(device, at) for device, at in self._last_seen.items()]
-        batch = (self._telemetry, self._devices + seen, self._rejected)
+        """Write what is pending in one transaction; on failure it stays pending for the next try."""
+        telemetry, devices, rejected, seen = self._telemetry, self._devices, self._rejected, self._last_seen
         self._telemetry, self._devices, self._rejected, self._last_seen = [], [], [], {}
-        if not any(batch):
+        updates = devices + [DeviceUpdate(device, at) for device, at in seen.items()]
+        if not (telemetry or updates or rejected):
             return
-        result = await asyncio.to_thread(self.store.write, *batch)
+        try:
+            result = await asyncio.to_thread(self.store.write, telemetry, updates, rejected)
+        except StoreError:
+            self._telemetry = telemetry + self._telemetry
+            self._devices = devices + self._devices
+            self._rejected = rejected + self._rejected
+            for device, at in seen.items():
+                self._last_seen[device] = max(at, self._last_seen.get(device, at))
+            raise
         self.counters["stored"] += result.stored
         self.counters["duplicates"] += result.duplicates
         self.counters["samples_stored"] += result.samples
@@ -121,21 +158,12 @@ class Gateway:
             if not message.payload and topic.kind in (TopicKind.STATUS, TopicKind.REPORTED):
                 self.counters["cleared"] += 1  # an empty retained message clears the topic
                 return
-            envelope = decode(message.payload, max_size=self.config.max_payload_bytes)
-            self._check_sender(topic, envelope)
-            self._accept(topic, envelope, message)
+            received = inbound(topic, message.payload, max_size=self.config.max_payload_bytes)
+            self._accept(received.topic, received.envelope, message)
         except ProtocolError as err:
             self._refuse(message, err)
             return
         self._wake.set()
-
-    @staticmethod
-    def _check_sender(topic: Topic, envelope: Envelope) -> None:
-        if envelope.src != topic.device:
-            raise ProtocolError("src-mismatch", f"envelope from {envelope.src!r} on {topic.device!r}'s topic")
-        expected = _EXPECTED_TYPE[topic.kind]
-        if envelope.type != expected:
-            raise ProtocolError("wrong-type", f"a {envelope.type} envelope on a {topic.kind.value} topic")
 
     def _accept(self, topic: Topic, envelope: Envelope, message: Message) -> None:
         if topic.kind is TopicKind.TELEMETRY:

@@ -1,7 +1,8 @@
 """A private Mosquitto, spawned from the system binary on a free port with a generated config.
 
 The demo and the test fixtures use it; it can be stopped, killed (SIGKILL) and restarted on the
-same port, with or without persistence.
+same port, with or without persistence, and it can require a password (a ``mosquitto_passwd`` file)
+or speak TLS, with or without client certificates.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -24,13 +26,12 @@ INSTALL_HINT = (
 )
 
 
+MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
 def find_mosquitto() -> Path:
     """The mosquitto binary, or `BrokerError` with the command that installs it."""
-    for candidate in (
-        shutil.which("mosquitto"),
-        "/usr/sbin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-    ):
+    for candidate in (shutil.which("mosquitto"), *MOSQUITTO_CANDIDATES):
         if candidate and os.access(candidate, os.X_OK):
             return Path(candidate)
     raise BrokerError(INSTALL_HINT)
@@ -51,8 +52,33 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerTls:
+    """The listener's TLS files (PEM). With `require_certificate`, a client must present a
+    certificate signed by `ca_file`, and its common name becomes its user name (no password)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = False
+
+    def config_lines(self) -> list[str]:
+        lines = [
+            f"cafile {Path(self.ca_file).resolve()}",
+            f"certfile {Path(self.cert_file).resolve()}",
+            f"keyfile {Path(self.key_file).resolve()}",
+        ]
+        if self.require_certificate:
+            lines += ["require_certificate true", "use_identity_as_username true"]
+        return lines
+
+
 class Mosquitto:
-    """``with Mosquitto(workdir) as broker: broker.url`` — a broker of our own."""
+    """``with Mosquitto(workdir) as broker: broker.url`` — a broker of our own.
+
+    `password_file` (made with ``mosquitto_passwd``) turns anonymous access off; `tls` makes the
+    listener speak TLS only, and `url` then starts with ``mqtts://``.
+    """
 
     def __init__(
         self,
@@ -63,6 +89,8 @@ class Mosquitto:
         persistence: bool = False,
         autosave_interval_s: int = 1,
         extra_config: str = "",
+        password_file: Path | None = None,
+        tls: BrokerTls | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.host = host
@@ -70,12 +98,15 @@ class Mosquitto:
         self.persistence = persistence
         self.autosave_interval_s = autosave_interval_s
         self.extra_config = extra_config
+        self.password_file = password_file
+        self.tls = tls
         self.binary = find_mosquitto()
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        scheme = "mqtts" if self.tls is not None else "mqtt"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def config_path(self) -> Path:
@@ -97,7 +128,8 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         lines = [
             f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+            *(self.tls.config_lines() if self.tls is not None else []),
+            f"allow_anonymous {'false' if self.password_file is not None else 'true'}",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
             f"autosave_interval {self.autosave_interval_s}",
@@ -110,6 +142,8 @@ class Mosquitto:
             "max_inflight_messages 100",
             "set_tcp_nodelay true",
         ]
+        if self.password_file is not None:
+            lines.append(f"password_file {Path(self.password_file).resolve()}")
         if os.geteuid() == 0:
             lines.append("user root")
         if self.extra_config:
@@ -132,9 +166,10 @@ class Mosquitto:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                self._proc = None
-                raise BrokerError(f"mosquitto exited at start: {err.strip() or self._log_tail()}")
+                proc, self._proc = self._proc, None
+                _, stderr = proc.communicate()  # closes the pipe; the reason is mostly in the log
+                why = " | ".join(filter(None, [stderr.decode(errors="replace").strip(), self._log_tail()]))
+                raise BrokerError(f"mosquitto exited at start: {why}")
             if port_open(self.host, self.port):
                 return
             time.sleep(0.02)

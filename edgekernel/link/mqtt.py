@@ -16,13 +16,15 @@ exponential backoff and jitter.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import ssl
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -75,10 +77,33 @@ class SessionStats:
     dropped_qos0_offline: int = 0
     last_error: str | None = None
     connected_since: float | None = None
-    extra: dict[str, int] = field(default_factory=dict)
+    subscribe_failures: int = 0
+    callback_errors: int = 0
 
 
-WillFactory = Callable[[], Outgoing]
+MessageFactory = Callable[[], Outgoing]
+LOG_EVERY_N_FAILURES = 10
+
+
+def _guarded(method: Callable[..., None]) -> Callable[..., None]:
+    """A paho callback that raises kills paho's network thread for good: log and count instead.
+
+    Before a connect, an error becomes a failed attempt (paho catches OSError and retries)."""
+
+    @functools.wraps(method)
+    def wrapper(self: MqttSession, *args: Any) -> None:
+        try:
+            method(self, *args)
+        except OSError:
+            raise
+        except Exception as err:
+            self.stats.callback_errors += 1
+            self.stats.last_error = f"{method.__name__.lstrip('_')}: {err}"
+            log.exception("%s: error in %s", self.client_id, method.__name__)
+            if method.__name__ == "_before_connect":
+                raise ConnectionAbortedError(str(err)) from err
+
+    return wrapper
 
 
 class MqttSession:
@@ -88,9 +113,10 @@ class MqttSession:
         *,
         client_id: str,
         subscriptions: Sequence[tuple[str, int]] = (),
-        will: WillFactory | None = None,
-        birth: WillFactory | None = None,
+        will: MessageFactory | None = None,
+        birth: MessageFactory | None = None,
         persistent: bool = True,
+        max_packet_bytes: int | None = None,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -99,12 +125,16 @@ class MqttSession:
         self._will = will
         self._birth = birth
         self._persistent = persistent
+        self._max_packet_bytes = max_packet_bytes
+        self._subscribed = asyncio.Event()
+        self._connected_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
         self._connected = asyncio.Event()
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._closing = threading.Event()
         self._attempt = 0
+        self._refused = False  # the broker refused this attempt's CONNECT: keep its reason
         self._started = False
         self._client = self._make_client()
 
@@ -126,6 +156,7 @@ class MqttSession:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _password(self) -> str | None:
@@ -141,14 +172,13 @@ class MqttSession:
     def _configure_tls(self, client: paho.Client) -> None:
         tls = self.broker.tls
         try:
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls and tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls and tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls and tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+            context = ssl.create_default_context(cafile=tls.ca_file if tls else None)
+            if tls is not None and tls.cert_file is not None:
+                context.load_cert_chain(tls.cert_file, tls.key_file)
         except (OSError, ssl.SSLError, ValueError) as err:
             raise LinkError(f"TLS setup failed: {err}") from err
+        context.sslsocket_class = _ClosingSSLSocket
+        client.tls_set_context(context)
         if tls is not None and tls.insecure:
             client.tls_insecure_set(True)
 
@@ -158,9 +188,11 @@ class MqttSession:
         if self._started:
             return
         self._loop = asyncio.get_running_loop()
+        self._closing.clear()
         properties = _properties(
             PacketTypes.CONNECT,
             SessionExpiryInterval=self.broker.session_expiry_s if self._persistent else 0,
+            MaximumPacketSize=self._max_packet_bytes,
         )
         self._client.connect_async(
             self.broker.host,
@@ -180,10 +212,14 @@ class MqttSession:
             try:
                 await asyncio.wait_for(self.publish_message(last), timeout)
             except (TimeoutError, LinkError) as err:
-                log.warning("%s: could not publish the last message: %s", self.client_id, err)
+                why = str(err) or f"no acknowledgement within {timeout}s"
+                log.warning("%s: could not publish the last message: %s", self.client_id, why)
         self._closing.set()
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
+        leftover = self._client.socket()  # a connect that raced with disconnect(): paho leaves it open
+        if leftover is not None:
+            leftover.close()
         self._started = False
         self._connected.clear()
         for future in self._pending.values():
@@ -214,6 +250,16 @@ class MqttSession:
         except TimeoutError:
             why = f": {self.stats.last_error}" if self.stats.last_error else ""
             raise NotConnectedError(f"no connection to {self.broker.url} within {timeout}s{why}") from None
+
+    async def wait_subscribed(self, timeout: float | None = None) -> None:
+        """Until the broker has answered the subscriptions of the current connection (SUBACK)."""
+        if not self.subscriptions:
+            return
+        await self.wait_connected(timeout)
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), timeout)
+        except TimeoutError:
+            raise NotConnectedError(f"no SUBACK from {self.broker.url} within {timeout}s") from None
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -248,8 +294,8 @@ class MqttSession:
             future.set_exception(LinkError(f"publish to {topic} failed: {paho.error_string(info.rc)}"))
             return future
         self.stats.published += 1
-        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS and info.is_published():
-            future.set_result(None)
+        if qos == 0 or (info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS and info.is_published()):
+            future.set_result(None)  # QoS 0: handed to the socket; paho may never call on_publish
         else:
             self._pending[info.mid] = future
         return future
@@ -310,10 +356,20 @@ class MqttSession:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(func, *args)
 
+    @_guarded
     def _before_connect(self, client: paho.Client, userdata: object) -> None:
+        if self._connected_at is not None:
+            # after a connection that held, start the backoff over; after one that was dropped at
+            # once (say, another client took the session over) keep backing off
+            stable = time.monotonic() - self._connected_at >= self.broker.reconnect.max_delay_s
+            self._attempt = 1 if stable else self._attempt
+            self._connected_at = None
         if self._attempt > 0:
             self._closing.wait(self._backoff(self._attempt))
+        if self._closing.is_set():  # close() ended the wait: no new connection (paho catches OSError)
+            raise ConnectionAbortedError("session closed")
         self._attempt += 1
+        self._refused = False
         if self._will is not None:
             will = self._will()
             client.will_set(
@@ -329,6 +385,7 @@ class MqttSession:
         delay: float = min(cfg.max_delay_s, cfg.min_delay_s * 2 ** min(attempt - 1, 30))
         return delay * (1 - cfg.jitter * random.random())
 
+    @_guarded
     def _on_connect(
         self,
         client: paho.Client,
@@ -340,9 +397,11 @@ class MqttSession:
         if reason.is_failure:
             self.stats.connect_failures += 1
             self.stats.last_error = f"broker refused the connection: {reason}"
+            self._refused = True
             log.warning("%s: %s", self.client_id, self.stats.last_error)
             return
-        self._attempt = 0
+        self._connected_at = time.monotonic()
+        self._call(self._subscribed.clear)
         if self.subscriptions:
             client.subscribe([(t, SubscribeOptions(qos=q)) for t, q in self.subscriptions])
         if self._birth is not None:
@@ -356,10 +415,24 @@ class MqttSession:
             )
         self._call(self._mark_connected, True)
 
+    @_guarded
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        # paho calls this inside its `except OSError` block: the exception says why (refused,
+        # unreachable, TLS certificate or host name not verified)
+        if self._closing.is_set():
+            return
+        err = sys.exc_info()[1]
         self.stats.connect_failures += 1
-        self.stats.last_error = f"cannot reach {self.broker.url}"
+        self.stats.last_error = f"cannot reach {self.broker.url}" + (f": {err}" if err else "")
+        if self.stats.connect_failures % LOG_EVERY_N_FAILURES == 1:
+            log.warning(
+                "%s: %s (%d failed attempts so far; retrying)",
+                self.client_id,
+                self.stats.last_error,
+                self.stats.connect_failures,
+            )
 
+    @_guarded
     def _on_disconnect(
         self,
         client: paho.Client,
@@ -368,10 +441,29 @@ class MqttSession:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if reason.is_failure:
+        if reason.is_failure and not self._refused:  # after a refusal, paho says "Protocol error"
             self.stats.last_error = f"disconnected: {reason}"
+            if not self._closing.is_set():
+                log.warning("%s: lost the connection to %s: %s", self.client_id, self.broker.url, reason)
         self._call(self._mark_connected, False)
 
+    @_guarded
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        for (topic_filter, _), reason in zip(self.subscriptions, reasons, strict=False):
+            if reason.is_failure:
+                self.stats.subscribe_failures += 1
+                self.stats.last_error = f"broker refused the subscription to {topic_filter!r}: {reason}"
+                log.warning("%s: %s", self.client_id, self.stats.last_error)
+        self._call(self._subscribed.set)
+
+    @_guarded
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         self._call(
@@ -389,6 +481,7 @@ class MqttSession:
             ),
         )
 
+    @_guarded
     def _on_publish(
         self,
         client: paho.Client,
@@ -423,6 +516,17 @@ class MqttSession:
             future.set_result(None)
         else:
             future.set_exception(LinkError(f"broker refused message {mid}: {failure}"))
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when the TLS handshake fails: paho drops the socket unclosed (ResourceWarning)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
 
 
 def _properties(packet_type: int, **values: object) -> Properties | None:

@@ -17,6 +17,7 @@ from edgekernel.protocol.codec import (
 )
 from edgekernel.protocol.envelope import SCHEMA_VERSION, Envelope, MessageType
 from edgekernel.protocol.errors import ProtocolError
+from edgekernel.protocol.inbound import Inbound, inbound
 from edgekernel.protocol.topics import Topic, TopicKind
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Capabilities",
     "Encoding",
     "Envelope",
+    "Inbound",
     "MessageType",
     "ProtocolError",
     "ReportedBody",
@@ -36,5 +38,6 @@ __all__ = [
     "TopicKind",
     "decode",
     "encode",
+    "inbound",
     "topics",
 ]

@@ -199,3 +199,25 @@ def _parse_parts(parts: list[str]) -> Topic:
     if len(parts) != want:
         raise ProtocolError("bad-depth", f"{kind.value} topics have {want} levels, not {len(parts)}")
     return Topic(fleet, device, kind, parts[5] if want == 6 else None)
+
+
+def check_filter(topic_filter: str) -> str:
+    """An MQTT topic filter as the broker accepts it: ``#`` only as the whole last level, ``+`` only as a
+    whole level, no NUL, at most MAX_TOPIC_BYTES; a shared ``$share/{group}/`` prefix is allowed."""
+    if not isinstance(topic_filter, str) or not topic_filter:
+        raise ProtocolError("bad-filter", "a topic filter is a non-empty string")
+    if "\x00" in topic_filter or len(topic_filter.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
+        raise ProtocolError("bad-filter", f"topic filter {topic_filter!r} has a NUL or is too long")
+    levels = topic_filter.split("/")
+    if levels[0] == "$share":
+        if len(levels) < 3 or not levels[1] or "+" in levels[1] or "#" in levels[1]:
+            raise ProtocolError(
+                "bad-filter", f"shared filter {topic_filter!r} is $share/{{group}}/{{filter}}"
+            )
+        levels = levels[2:]
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            raise ProtocolError("bad-filter", f"in {topic_filter!r}, '#' must be the whole last level")
+        if "+" in level and level != "+":
+            raise ProtocolError("bad-filter", f"in {topic_filter!r}, '+' must be a whole level")
+    return topic_filter

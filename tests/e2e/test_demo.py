@@ -14,7 +14,7 @@ import pytest
 
 from edgekernel.config import BrokerConfig
 from edgekernel.fleet import snapshot
-from edgekernel.gateway.store import StoreError, read_summary
+from edgekernel.gateway import StoreError, read_summary
 from tests.integration.helpers import poll
 
 pytestmark = pytest.mark.e2e
@@ -82,6 +82,14 @@ def test_demo_with_three_devices(tmp_path: Path) -> None:
         )
     finally:
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
+        try:
+            output, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+            logs = "\n".join(
+                f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (workdir / "logs").glob("*.log")
+            )
+            pytest.fail(f"the demo did not stop within 60 s of SIGINT:\n{output}\n{logs}")
     assert proc.returncode == 0, output
     assert f"mosquitto_sub -h 127.0.0.1 -p {run['broker_port']} -t 'ek/v1/#' -v" in output

@@ -116,7 +116,10 @@ def test_device_refuses_bad_messages_on_its_topics_and_keeps_running(
         task = asyncio.create_task(kernel.run(stop))
         await kernel.session.wait_connected(10)
         logs = Collector(broker.url, topics.log(FLEET, "dev-1"), client_id="logs")
-        async with logs, MqttSession(BrokerConfig(url=broker.url), client_id="evil", persistent=False) as evil:
+        async with (
+            logs,
+            MqttSession(BrokerConfig(url=broker.url), client_id="evil", persistent=False) as evil,
+        ):
             await evil.wait_connected(10)
             await evil.publish(topics.desired(FLEET, "dev-1"), b"\xff\x00garbage", qos=1)
             await evil.publish(topics.cmd(FLEET, "dev-1", "reboot"), b"{}", qos=1)
@@ -133,6 +136,34 @@ def test_device_refuses_bad_messages_on_its_topics_and_keeps_running(
         assert "oversized" in str(lines[-1].body["message"])
         sent = kernel.counters["telemetry_sent"]
         await wait_until(lambda: kernel.counters["telemetry_sent"] > sent + 2, what="telemetry keeps flowing")
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+
+
+def test_device_rides_out_a_broker_outage_longer_than_its_report_interval(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        kernel = Kernel(device_config(broker, tmp_path, reported_interval_s=0.5))
+        stop = asyncio.Event()
+        task = asyncio.create_task(kernel.run(stop))
+        await kernel.session.wait_connected(10)
+        broker.stop()
+        await asyncio.sleep(2.0)
+        assert not task.done()
+        broker.start()
+        async with Collector(broker.url, f"ek/v1/{FLEET}/#") as seen:
+            await seen.wait_for(
+                lambda ms: (
+                    any(m.topic.endswith("/reported") for m in ms)
+                    and any("/telemetry/" in m.topic for m in ms)
+                ),
+                timeout=15,
+                what="reported and telemetry after the outage",
+            )
+        assert kernel.session.stats.connects == 2
         stop.set()
         await task
 

@@ -185,3 +185,45 @@ def test_shared_subscription_gateways_split_the_load(broker: Mosquitto, tmp_path
         await task
 
     run_gateway(broker, tmp_path, scenario, share_group="gateways")
+
+
+def test_a_gateway_stopped_mid_stream_and_restarted_stores_everything_once(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    total = 3000
+    cfg = GatewayConfig(
+        fleet=FLEET,
+        gateway="gw-1",
+        broker=BrokerConfig(url=broker.url),
+        store=StoreConfig(path=tmp_path / "store.db", batch_wait_ms=20),
+    )
+
+    async def main() -> None:
+        async with MqttSession(BrokerConfig(url=broker.url), client_id="sender", persistent=False) as sender:
+            await sender.wait_connected(10)
+            first = Gateway(cfg)
+            stop = asyncio.Event()
+            task = asyncio.create_task(first.run(stop))
+            await first.session.wait_subscribed(10)
+            topic = topics.telemetry(FLEET, "dev-1", "temp")
+            for seq in range(1, total + 1):
+                sender.publish_nowait(topic, telemetry("dev-1", seq, n=1), qos=1)
+                if seq == total // 3:
+                    stop.set()
+                if seq % 200 == 0:
+                    await asyncio.sleep(0.01)
+            await sender.publish(topic, telemetry("dev-1", total + 1, n=1), qos=1)
+            await task
+            second = Gateway(cfg)
+            stop = asyncio.Event()
+            task = asyncio.create_task(second.run(stop))
+            await wait_until(
+                lambda: second.counters["stored"] + first.counters["stored"] >= total + 1, timeout=20
+            )
+            stop.set()
+            await task
+
+    asyncio.run(main())
+    assert rows(
+        tmp_path / "store.db", "SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM messages"
+    ) == [(total + 1, total + 1, 1, total + 1)]

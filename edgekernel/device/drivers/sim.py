@@ -1,7 +1,9 @@
 """The `sim` driver: seeded synthetic signals with known ground truth and injectable anomalies.
 
-Samples are produced on a fixed grid (``t0 + i / rate_hz``), so the stream is exact in rate however
-late the loop wakes up, and the same seed gives the same values.
+Samples are produced on a fixed grid (``t0 + i / rate_hz`` on a monotonic clock), so the stream is
+exact in rate however late the loop wakes up, and the same seed gives the same values. A stall longer
+than `max_catch_up_s` skips ahead instead of emitting everything it missed at once; the skipped
+samples are counted.
 """
 
 from __future__ import annotations
@@ -17,22 +19,29 @@ ANOMALY_GAIN = 6.0
 
 
 class SimSource:
-    def __init__(self, signal: SimSignal, rate_hz: float, t0: float) -> None:
+    def __init__(self, signal: SimSignal, rate_hz: float, t0: float, *, max_catch_up_s: float = 10.0) -> None:
         self.signal = signal
         self.rate_hz = rate_hz
         self.t0 = t0
+        self.max_catch_up = max(1, math.ceil(max_catch_up_s * rate_hz))
         self.produced = 0
+        self.skipped = 0
         self.anomalies = 0
         self._rng = np.random.default_rng(signal.seed)
         self._level = signal.offset
         self._anomaly_left = 0
 
     def due(self, now: float) -> int:
-        """How many samples are due at `now` and not yet produced."""
-        return max(0, math.floor((now - self.t0) * self.rate_hz) + 1 - self.produced)
+        """How many samples are due at `now` (same clock as t0) and not yet produced."""
+        due = max(0, math.floor((now - self.t0) * self.rate_hz) + 1 - self.produced)
+        if due > self.max_catch_up:
+            self.skipped += due - self.max_catch_up
+            self.produced += due - self.max_catch_up
+            due = self.max_catch_up
+        return due
 
     def take(self, count: int) -> list[tuple[float, float]]:
-        """The next `count` samples as (timestamp, value)."""
+        """The next `count` samples as (time on t0's clock, value)."""
         if count <= 0:
             return []
         index = np.arange(self.produced, self.produced + count)
