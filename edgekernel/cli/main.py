@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from edgekernel import __version__
-from edgekernel.cli import config_cmd, fleet_cmd, programs, topics_cmd
+from edgekernel.cli import config_cmd, fleet_cmd, model_cmd, programs, topics_cmd
 from edgekernel.cli.demo import demo
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.add_typer(programs.gateway_app, name="gateway")
 app.add_typer(fleet_cmd.app, name="fleet")
 app.add_typer(topics_cmd.app, name="topics")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(model_cmd.app, name="model")
 
 
 def _version(value: bool) -> None:

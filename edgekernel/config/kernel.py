@@ -73,6 +73,11 @@ class SchedulerConfig(Model):
         500.0, description="priority policy: a waiting request gains one priority level per aging_ms"
     )
     batching: BatchingConfig = BatchingConfig()
+    fairness_lag_ms: Annotated[float, Field(ge=0, le=60_000, allow_inf_nan=False)] = Field(
+        20.0,
+        description="how far an agent may run ahead of its weighted share before others go first; "
+        "0 is strict weighted fair queueing",
+    )
     agents: dict[Id, AgentQuota] = {}
     default_quota: AgentQuota = AgentQuota()
     slo: SloConfig | None = None

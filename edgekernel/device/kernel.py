@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Sequence
 
 from edgekernel import __version__
 from edgekernel.config.models import DeviceConfig, SensorConfig
 from edgekernel.device import capabilities
+from edgekernel.device.inference import Inference
 from edgekernel.device.logsink import MqttLogHandler
+from edgekernel.device.models.runtime import FloatArray
 from edgekernel.device.state import DeviceState
 from edgekernel.device.telemetry import SensorStream
 from edgekernel.link import Message, MqttSession, Outgoing
@@ -22,6 +25,8 @@ from edgekernel.protocol import (
     CONTENT_TYPES,
     DEFAULT_MAX_PAYLOAD,
     Capabilities,
+    InferenceSummary,
+    ModelState,
     ProtocolError,
     ReportedBody,
     StatusBody,
@@ -62,6 +67,7 @@ class Kernel:
             max_packet_bytes=MAX_PACKET_BYTES,
         )
         self.streams: list[SensorStream] = []
+        self.inference = Inference(config.kernel, cache_dir=config.data_dir / "model-cache")
 
     # -- status, birth and will -------------------------------------------------------------
 
@@ -95,6 +101,7 @@ class Kernel:
             logging.getLogger().removeHandler(log_handler)
 
     async def _run(self, stop: asyncio.Event) -> None:
+        await asyncio.to_thread(self.inference.start)
         async with asyncio.TaskGroup() as tasks:
             self.session.start()
             workers = [
@@ -108,6 +115,7 @@ class Kernel:
         for stream in self.streams:
             await stream.flush()
         await self.session.close(last=self._status(online=False))
+        await asyncio.to_thread(self.inference.stop)
         self.state.close()
         log.info("%s stopped: %s", self.device, dict(self.counters))
 
@@ -136,6 +144,8 @@ class Kernel:
             labels=dict(self.config.labels),
             software=f"edgekernel {__version__}",
             config_generation=self.desired_generation,
+            models=self._model_states(),
+            inference=self._inference_summary(),
         )
         envelope = body.to_envelope(self.device)
         self._watch(
@@ -146,6 +156,46 @@ class Kernel:
                 retain=True,
                 content_type=self._content_type,
             )
+        )
+
+    async def infer(
+        self,
+        agent: str,
+        model: str,
+        inputs: Sequence[FloatArray],
+        *,
+        priority: int = 0,
+        deadline_s: float | None = None,
+    ) -> list[FloatArray]:
+        """Run `model` for `agent` through the scheduler; float32 in, float32 out."""
+        return await self.inference.infer(agent, model, inputs, priority=priority, deadline_s=deadline_s)
+
+    def _model_states(self) -> list[ModelState]:
+        loaded = {info.name: info for info in self.inference.manager.stats().loaded if not info.draining}
+        states = []
+        for spec in self.config.kernel.models:
+            info = loaded.get(spec.name)
+            states.append(
+                ModelState(
+                    name=spec.name,
+                    version=info.version if info else spec.version,
+                    runtime=spec.runtime,
+                    device=info.device if info else "",
+                    loaded=info is not None,
+                )
+            )
+        return states
+
+    def _inference_summary(self) -> InferenceSummary:
+        stats = self.inference.scheduler.stats()
+        total = stats.total
+        return InferenceSummary(
+            completed=total.completed,
+            failed=sum(total.failed.values()),
+            rejected=sum(total.rejected.values()),
+            queue_depth=stats.queue_depth,
+            p95_ms=round(total.timing.turnaround.p95 * 1000, 3),
+            mean_batch=round(stats.mean_batch, 3),
         )
 
     async def _emit(self, sensor: SensorConfig, body: TelemetryBody) -> None:

@@ -3,6 +3,8 @@
 from edgekernel.protocol import topics
 from edgekernel.protocol.bodies import (
     Capabilities,
+    InferenceSummary,
+    ModelState,
     ReportedBody,
     Sample,
     StatusBody,
@@ -28,7 +30,9 @@ __all__ = [
     "Encoding",
     "Envelope",
     "Inbound",
+    "InferenceSummary",
     "MessageType",
+    "ModelState",
     "ProtocolError",
     "ReportedBody",
     "Sample",

@@ -81,6 +81,29 @@ class Capabilities(BaseModel):
     os: str = ""
 
 
+class ModelState(BaseModel):
+    """A model the device holds: which version, on what, and whether it is loaded now."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    name: Id
+    version: Annotated[str, Field(max_length=32)]
+    runtime: Annotated[str, Field(max_length=32)]
+    device: Annotated[str, Field(max_length=64)] = ""
+    loaded: bool = False
+
+
+class InferenceSummary(BaseModel):
+    """The inference scheduler in a few numbers, since the device started."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+    completed: Annotated[int, Field(ge=0)] = 0
+    failed: Annotated[int, Field(ge=0)] = 0
+    rejected: Annotated[int, Field(ge=0)] = 0
+    queue_depth: Annotated[int, Field(ge=0)] = 0
+    p95_ms: Annotated[float, Field(ge=0)] = 0.0
+    mean_batch: Annotated[float, Field(ge=0)] = 0.0
+
+
 class ReportedBody(_Body):
     """What a device says about itself: capabilities, free resources, config generation."""
 
@@ -92,3 +115,5 @@ class ReportedBody(_Body):
     labels: dict[Id, Annotated[str, Field(max_length=128)]] = {}
     software: str = ""
     config_generation: Annotated[int, Field(ge=0)] = 0
+    models: list[ModelState] = []
+    inference: InferenceSummary | None = None

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 
 from edgekernel.config import BrokerConfig, DeviceConfig
+from edgekernel.config.kernel import KernelConfig, ModelSpec
 from edgekernel.config.models import BatchConfig, ReconnectConfig, SensorConfig, SimSignal
+from edgekernel.device.datasets import split
 from edgekernel.device.kernel import Kernel
 from edgekernel.link import Message, Mosquitto, MqttSession
 from edgekernel.protocol import ReportedBody, StatusBody, TelemetryBody, decode, topics
@@ -164,6 +167,49 @@ def test_device_rides_out_a_broker_outage_longer_than_its_report_interval(
                 what="reported and telemetry after the outage",
             )
         assert kernel.session.stats.connects == 2
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+
+
+def test_kernel_serves_its_models_and_reports_them(broker: Mosquitto, tmp_path: Path) -> None:
+    models = Path(__file__).resolve().parents[2] / "models"
+    manifest = {m["file"]: m for m in json.loads((models / "manifest.json").read_text())["models"]}
+    kernel_cfg = KernelConfig(
+        models=[
+            ModelSpec(
+                name="vibration",
+                version="3",
+                file=models / "vibration_cnn.int8.onnx",
+                sha256=manifest["vibration_cnn.int8.onnx"]["sha256"],
+                runtime="onnx",
+                memory_mb=8,
+            )
+        ]
+    )
+
+    async def scenario() -> None:
+        kernel = Kernel(device_config(broker, tmp_path, kernel=kernel_cfg))
+        stop = asyncio.Event()
+        task = asyncio.create_task(kernel.run(stop))
+        await kernel.session.wait_connected(10)
+        x, _ = split("vibration", "test", n=4)
+        [probs] = await kernel.infer("monitor", "vibration", [x])
+        assert probs.shape == (4, 2)
+        async with Collector(broker.url, topics.reported(FLEET, "dev-1")) as seen:
+            kernel.publish_reported()
+            await seen.wait_for(lambda ms: len(ms) >= 2, what="reported")
+            body = ReportedBody.from_envelope(decode(seen.messages[-1].payload))
+        [state] = body.models
+        assert (state.name, state.version, state.device, state.loaded) == (
+            "vibration",
+            "3",
+            "CPUExecutionProvider",
+            True,
+        )
+        assert body.inference is not None
+        assert body.inference.completed == 1
         stop.set()
         await task
 

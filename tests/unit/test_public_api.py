@@ -15,6 +15,7 @@ PACKAGES = [
     "edgekernel.config",
     "edgekernel.link",
     "edgekernel.device",
+    "edgekernel.device.models",
     "edgekernel.gateway",
     "edgekernel.fleet",
 ]
