@@ -62,7 +62,7 @@ def main() -> None:
             times = []
             for _ in range(args.requests):
                 start = time.perf_counter()
-                await inference.infer("bench", "mlp", [x])
+                await inference.scheduler.infer("bench", "mlp", [x])
                 times.append(time.perf_counter() - start)
             return times
 

@@ -38,6 +38,7 @@ def device_config(index: int, data_root: Path) -> dict[str, Any]:
         "data_dir": str(data_root / name),
         "labels": {"site": ("lab", "plant", "yard")[index % 3], "role": "demo"},
         "reported_interval_s": 10,
+        **kernel_config(),
         "sensors": [
             {
                 "stream": "vibration",
@@ -68,6 +69,27 @@ def device_config(index: int, data_root: Path) -> dict[str, Any]:
             },
         ],
     }
+
+
+def kernel_config() -> dict[str, Any]:
+    """The vibration anomaly model from the checkout's models/, when it is there."""
+    models = Path(__file__).resolve().parents[2] / "models"
+    try:
+        manifest = json.loads((models / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    entry = next((m for m in manifest.get("models", []) if m.get("file") == "vibration_cnn.int8.onnx"), None)
+    if entry is None:
+        return {}
+    model = {
+        "name": "vibration-anomaly",
+        "file": str(models / entry["file"]),
+        "sha256": entry["sha256"],
+        "runtime": "onnx",
+        "memory_mb": 4,
+        "pinned": True,
+    }
+    return {"kernel": {"memory_budget_mb": 64, "models": [model]}}
 
 
 def gateway_config(data_root: Path) -> dict[str, Any]:

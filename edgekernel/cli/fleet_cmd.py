@@ -72,6 +72,7 @@ class DeviceRow:
     accelerators: list[str]
     streams: list[str]
     labels: dict[str, str]
+    models: list[str]
 
     @classmethod
     def of(cls, view: DeviceView) -> DeviceRow:
@@ -89,6 +90,9 @@ class DeviceRow:
             accelerators=list(caps.accelerators) if caps else [],
             streams=list(rep.streams) if rep else [],
             labels=dict(rep.labels) if rep else {},
+            models=[f"{m.name} v{m.version}" + ("" if m.loaded else " (not loaded)") for m in rep.models]
+            if rep
+            else [],
         )
 
     def cells(self, now: float) -> list[str]:
@@ -103,10 +107,22 @@ class DeviceRow:
             ", ".join(f"{k} {v}" for k, v in self.runtimes.items()) or "-",
             ", ".join(self.accelerators) or "cpu",
             ", ".join(self.streams) or "-",
+            ", ".join(self.models) or "-",
         ]
 
 
-COLUMNS = ("device", "status", "boot", "last seen", "cores", "RAM", "runtimes", "accelerators", "streams")
+COLUMNS = (
+    "device",
+    "status",
+    "boot",
+    "last seen",
+    "cores",
+    "RAM",
+    "runtimes",
+    "accelerators",
+    "streams",
+    "models",
+)
 
 
 @app.command("devices")

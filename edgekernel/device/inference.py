@@ -77,7 +77,7 @@ def _leading(inputs: Sequence[FloatArray], model: str) -> int:
 
 
 class Inference:
-    """The kernel's inference subsystem: ``await inference.infer(agent, model, inputs)``."""
+    """The kernel's inference subsystem: ``await inference.scheduler.infer(agent, model, inputs)``."""
 
     def __init__(self, config: KernelConfig, *, cache_dir: Path | None = None) -> None:
         self.config = config
@@ -111,14 +111,3 @@ class Inference:
     def stop(self, *, drain: bool = True, timeout: float = 30.0) -> None:
         self.scheduler.stop(drain=drain, timeout=timeout)
         self.manager.close()
-
-    async def infer(
-        self,
-        agent: str,
-        model: str,
-        inputs: Sequence[FloatArray],
-        *,
-        priority: int = 0,
-        deadline_s: float | None = None,
-    ) -> list[FloatArray]:
-        return await self.scheduler.infer(agent, model, inputs, priority=priority, deadline_s=deadline_s)

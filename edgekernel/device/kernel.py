@@ -168,7 +168,9 @@ class Kernel:
         deadline_s: float | None = None,
     ) -> list[FloatArray]:
         """Run `model` for `agent` through the scheduler; float32 in, float32 out."""
-        return await self.inference.infer(agent, model, inputs, priority=priority, deadline_s=deadline_s)
+        return await self.inference.scheduler.infer(
+            agent, model, inputs, priority=priority, deadline_s=deadline_s
+        )
 
     def _model_states(self) -> list[ModelState]:
         loaded = {info.name: info for info in self.inference.manager.stats().loaded if not info.draining}

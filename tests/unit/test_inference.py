@@ -46,7 +46,7 @@ def test_infer_gives_the_same_answers_as_the_runtime_alone() -> None:
 
         async def all_at_once() -> list[np.ndarray]:
             results = await asyncio.gather(
-                *(inference.infer("a", "vib", [x[i : i + 1]]) for i in range(len(x)))
+                *(inference.scheduler.infer("a", "vib", [x[i : i + 1]]) for i in range(len(x)))
             )
             return [r[0] for r in results]
 
@@ -72,7 +72,7 @@ def test_litert_and_onnx_int8_agree_through_the_kernel() -> None:
 
         async def both() -> tuple[np.ndarray, np.ndarray]:
             [a], [b] = await asyncio.gather(
-                inference.infer("a", "onnx-g", [x]), inference.infer("a", "tflite-g", [x])
+                inference.scheduler.infer("a", "onnx-g", [x]), inference.scheduler.infer("a", "tflite-g", [x])
             )
             return a, b
 
@@ -113,8 +113,8 @@ def test_a_corrupt_model_fails_its_requests_and_the_others_keep_serving(tmp_path
     x, _ = split("vibration", "test", n=1)
     try:
         with pytest.raises(ModelFileError, match="sha256"):
-            asyncio.run(inference.infer("a", "bad", [x]))
-        [probs] = asyncio.run(inference.infer("a", "good", [x]))
+            asyncio.run(inference.scheduler.infer("a", "bad", [x]))
+        [probs] = asyncio.run(inference.scheduler.infer("a", "good", [x]))
         assert probs.shape == (1, 2)
     finally:
         inference.stop()
