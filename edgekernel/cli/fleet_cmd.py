@@ -148,7 +148,11 @@ def devices(
         return
     table = Table(title=f"fleet {fleet_id}: {len(rows)} devices", title_justify="left")
     for column in COLUMNS:
-        table.add_column(column, justify="right" if column in ("boot", "cores", "RAM") else "left")
+        table.add_column(
+            column,
+            justify="right" if column in ("boot", "cores", "RAM") else "left",
+            no_wrap=column in ("device", "status", "boot", "last seen", "RAM"),
+        )
     for row in rows:
         table.add_row(*row.cells(now))
     console.print(table)
