@@ -94,6 +94,12 @@ def main() -> None:
     )
     simd = machine()["simd"]
     print(f"CPU int8 instructions here: {', '.join(simd) or 'none found'}")
+    figures["goal"] = ">= 1.5x faster, accuracy within 1 point"
+    for batch in BATCHES:
+        speedups = [v for k, v in figures.items() if k.endswith(f".b{batch}.speedup") and "onnx_int8" in k]
+        figures[f"met_onnx_b{batch}"] = all(v >= 1.5 for v in speedups)  # type: ignore[operator]
+    deltas = [r[6] for r in rows]
+    figures["met_accuracy"] = all(abs(d) <= 1.0 for d in deltas)  # type: ignore[arg-type]
     finish("int8", figures)
 
 

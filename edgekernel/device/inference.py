@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekernel.config.kernel import KernelConfig
+from edgekernel.config.kernel import KernelConfig, ModelSpec
 from edgekernel.device.models import ModelManager, runtime_for
-from edgekernel.device.models.runtime import FloatArray, InferenceError, ModelError
+from edgekernel.device.models._tensors import check_inputs
+from edgekernel.device.models.runtime import FloatArray, InferenceError, ModelError, Session
 from edgekernel.device.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -32,14 +33,20 @@ class ThreadBudget:
 
 
 def thread_budget(config: KernelConfig, *, cores: int | None = None) -> ThreadBudget:
+    """Workers are capped at the thread budget, and each session gets an equal share of it."""
     total = config.threads or cores or os.cpu_count() or 1
-    workers = config.scheduler.workers or total
+    workers = min(config.scheduler.workers or total, total)
     concurrent_sessions = max(1, min(workers, len(config.models) or 1))
     return ThreadBudget(total=total, workers=workers, per_session=max(1, total // concurrent_sessions))
 
 
 class ManagerExecutor:
-    """What the scheduler runs batches on: sessions leased from the model manager."""
+    """What the scheduler runs batches on: sessions leased from the model manager.
+
+    Each request is checked against the model's inputs before it joins a batch, so a bad request
+    fails alone; a batch whose outputs do not split back by the requests' batch sizes (a model whose
+    first dimension is dynamic but is not a batch) is run again one request at a time.
+    """
 
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
@@ -54,25 +61,70 @@ class ManagerExecutor:
             capable = bool(spec.inputs) and all(t.shape and t.shape[0] is None for t in spec.inputs)
         return spec.max_batch if capable else 1
 
-    def run_batch(self, model: str, batch: Sequence[Sequence[FloatArray]]) -> list[list[FloatArray]]:
+    def prepare(self, model: str) -> None:
+        if self.manager.batch_capable(model) is None:
+            self.manager.load(model)
+
+    def forget(self, model: str) -> None:
+        """After a swap: the new version may differ in whether it batches."""
+        self._batch_capable.pop(model, None)
+
+    def run_batch(
+        self, model: str, batch: Sequence[Sequence[FloatArray]]
+    ) -> list[list[FloatArray] | BaseException]:
         with self.manager.lease(model) as session:
             self._batch_capable[model] = session.batch_capable
-            if len(batch) == 1:
-                return [session.run(batch[0])]
-            if not session.batch_capable:
-                return [session.run(inputs) for inputs in batch]
-            sizes = [_leading(inputs, model) for inputs in batch]
-            joined = [np.concatenate(parts, axis=0) for parts in zip(*batch, strict=True)]
-            outputs = session.run(joined)
-            bounds = np.cumsum(sizes)[:-1]
-            per_output = [np.split(out, bounds, axis=0) for out in outputs]
-            return [list(parts) for parts in zip(*per_output, strict=True)]
+            results: list[list[FloatArray] | BaseException | None] = [None] * len(batch)
+            good: list[int] = []
+            for i, inputs in enumerate(batch):
+                try:
+                    check_inputs(model, session.inputs, inputs)
+                    if session.batch_capable:
+                        _leading(inputs, model)
+                    good.append(i)
+                except InferenceError as err:
+                    results[i] = err
+            if session.batch_capable and len(good) > 1:
+                joined = _run_joined(session, model, [batch[i] for i in good])
+                if joined is not None:
+                    for i, outputs in zip(good, joined, strict=True):
+                        results[i] = outputs
+                    good = []
+            for i in good:
+                results[i] = _run_one(session, batch[i])
+            return [r if r is not None else InferenceError("not run", model=model) for r in results]
+
+
+def _run_one(session: Session, inputs: Sequence[FloatArray]) -> list[FloatArray] | BaseException:
+    try:
+        return session.run(inputs)
+    except ModelError as err:
+        return err
+
+
+def _run_joined(
+    session: Session, model: str, batch: Sequence[Sequence[FloatArray]]
+) -> list[list[FloatArray]] | None:
+    """Run requests as one batch; None when that fails or the outputs do not split back by request."""
+    sizes = [_leading(inputs, model) for inputs in batch]
+    try:
+        outputs = session.run([np.concatenate(parts, axis=0) for parts in zip(*batch, strict=True)])
+    except ModelError as err:
+        log.info("model %s: a batch of %d failed (%s); running them one by one", model, len(batch), err)
+        return None
+    total = sum(sizes)
+    if any(out.ndim == 0 or out.shape[0] != total for out in outputs):
+        log.warning("model %s: outputs do not follow the batch dimension; running requests one by one", model)
+        return None
+    bounds = np.cumsum(sizes)[:-1]
+    per_output = [np.split(out, bounds, axis=0) for out in outputs]
+    return [list(parts) for parts in zip(*per_output, strict=True)]
 
 
 def _leading(inputs: Sequence[FloatArray], model: str) -> int:
     sizes = {int(array.shape[0]) if array.ndim else 0 for array in inputs}
     if len(sizes) != 1 or 0 in sizes:
-        raise InferenceError("every input of a request needs the same leading batch dimension", model=model)
+        raise InferenceError("every input of a request needs the same batch dimension (>= 1)", model=model)
     return sizes.pop()
 
 
@@ -89,9 +141,10 @@ class Inference:
             threads_per_session=self.budget.per_session,
             cache_dir=config.cache_dir or cache_dir,
         )
+        self.executor = ManagerExecutor(self.manager)
         self.scheduler = Scheduler(
             config.scheduler,
-            ManagerExecutor(self.manager),
+            self.executor,
             workers=self.budget.workers,
             fairness_lag_s=config.scheduler.fairness_lag_ms / 1000,
         )
@@ -100,13 +153,17 @@ class Inference:
         """Start the workers; load the pinned models (and, with `preload`, every model that fits)."""
         self.scheduler.start()
         for spec in sorted(self.config.models, key=lambda s: not s.pinned):
-            if spec.pinned or preload:
-                try:
-                    self.manager.load(spec.name)
-                except ModelError as err:
-                    log.warning(
-                        "model %s not loaded at start (the kernel serves the others): %s", spec.name, err
-                    )
+            if not spec.pinned and (not preload or spec.memory_mb > self.manager.free_mb()):
+                continue  # loaded on first use; preloading must not evict what was loaded first
+            try:
+                self.manager.load(spec.name)
+            except ModelError as err:
+                log.warning("model %s not loaded at start (the kernel serves the others): %s", spec.name, err)
+
+    def swap(self, spec: ModelSpec) -> None:
+        """Hot-swap a model to a new version (same name): requests in flight finish on the old one."""
+        self.manager.swap(spec)
+        self.executor.forget(spec.name)
 
     def stop(self, *, drain: bool = True, timeout: float = 30.0) -> None:
         self.scheduler.stop(drain=drain, timeout=timeout)

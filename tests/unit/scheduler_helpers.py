@@ -75,6 +75,9 @@ class TestExecutor:
             raise KeyError(model)
         return self.batch_sizes.get(model, 1)
 
+    def prepare(self, model: str) -> None:
+        pass
+
     def run_batch(self, model: str, batch: Sequence[Sequence[FloatArray]]) -> list[list[FloatArray]]:
         tags = [tag_of(inputs) for inputs in batch]
         with self._lock:

@@ -7,13 +7,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from edgekernel.config.kernel import KernelConfig, ModelSpec, SchedulerConfig
 from edgekernel.device.datasets import split
 from edgekernel.device.inference import Inference, ManagerExecutor, thread_budget
-from edgekernel.device.models import runtime_for
-from edgekernel.device.models.runtime import ModelFileError
+from edgekernel.device.models import file_sha256, runtime_for
+from edgekernel.device.models.runtime import ModelError, ModelFileError
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 MANIFEST = {m["file"]: m for m in json.loads((MODELS / "manifest.json").read_text())["models"]}
@@ -129,3 +131,90 @@ def test_executor_batches_only_batch_capable_models() -> None:
     assert [o[0].shape for o in outputs] == [(1, 2), (2, 2)]
     assert executor.max_batch("vib") == 12
     inference.manager.close()
+
+
+def test_a_bad_request_fails_alone_and_its_batch_mates_are_served() -> None:
+    x, _ = split("vibration", "test", n=8)
+    inference = Inference(config(spec("vibration_cnn.fp32.onnx", "vib"), batching={"max_wait_ms": 20}))
+    executor = inference.executor
+    inference.manager.load("vib")
+    batch: list[list[np.ndarray]] = [[x[i : i + 1]] for i in range(8)]
+    batch[2] = [x[2:3, :100]]  # wrong length
+    batch[5] = [x[5:6].astype(np.float64).reshape(1, 1, 128)]  # wrong layout
+    results = executor.run_batch("vib", batch)
+    assert isinstance(results[2], ModelError)
+    assert "'signal'" in str(results[2])
+    assert isinstance(results[5], ModelError)
+    alone = runtime_for("onnx").open(MODELS / "vibration_cnn.fp32.onnx")
+    for i in (0, 1, 3, 4, 6, 7):
+        got = results[i]
+        assert not isinstance(got, BaseException)
+        np.testing.assert_allclose(got[0], alone.run([x[i : i + 1]])[0], atol=1e-6)
+    inference.manager.close()
+
+
+def test_outputs_that_do_not_follow_the_batch_fall_back_to_one_request_at_a_time(tmp_path: Path) -> None:
+    """A model whose first dimension is dynamic but is not a batch: y = reshape(x, [-1, 2])."""
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", 2])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 2])
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "r", [x_info], [y_info], [shape]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "reshape.onnx"
+    onnx.save(model, path)
+    reshape = ModelSpec(name="r", file=path, sha256=file_sha256(path), runtime="onnx", memory_mb=1)
+    inference = Inference(config(reshape))
+    a = np.arange(4, dtype=np.float32).reshape(1, 4)
+    b = np.arange(8, 16, dtype=np.float32).reshape(2, 4)
+    results = inference.executor.run_batch("r", [[a], [b]])
+    assert [r[0].tolist() for r in results] == [[[0, 1], [2, 3]], [[8, 9], [10, 11], [12, 13], [14, 15]]]  # type: ignore[index]
+    inference.manager.close()
+
+
+def test_hot_swap_through_the_scheduler_under_load_fails_no_request() -> None:
+    x, _ = split("vibration", "test", n=4)
+    v1 = spec("vibration_cnn.fp32.onnx", "vib", version="1")
+    v2 = spec("vibration_cnn.int8.onnx", "vib", version="2")
+    inference = Inference(config(v1))
+    inference.start()
+    errors: list[BaseException] = []
+    done = 0
+
+    async def load(stop: asyncio.Event) -> None:
+        nonlocal done
+        while not stop.is_set():
+            results = await asyncio.gather(
+                *(inference.scheduler.infer("a", "vib", [x[i : i + 1]]) for i in range(4)),
+                return_exceptions=True,
+            )
+            errors.extend(r for r in results if isinstance(r, BaseException))
+            done += len(results)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(load(stop))
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(inference.swap, v2)
+        await asyncio.sleep(0.2)
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    inference.stop()
+    assert errors == []
+    assert done > 50
+    assert [(m.name, m.version) for m in inference.manager.stats().loaded] == []  # closed at stop
+    assert inference.manager.stats().swaps == 1
+
+
+def test_workers_are_capped_at_the_thread_budget() -> None:
+    many = KernelConfig(
+        models=[spec("vibration_cnn.fp32.onnx", f"m{i}") for i in range(8)],
+        threads=2,
+        scheduler=SchedulerConfig(workers=8),
+    )
+    budget = thread_budget(many)
+    assert budget.workers * budget.per_session <= budget.total

@@ -183,3 +183,26 @@ def test_unload_waits_for_leases(tmp_path: Path) -> None:
         mgr.unload("scale", wait_s=0.1)
     mgr.unload("scale")
     assert mgr.stats().loaded == ()
+
+
+def test_a_load_that_dies_does_not_hang_later_leases(tmp_path: Path) -> None:
+    calls = 0
+
+    def flaky(name: str) -> object:
+        runtime = runtime_for(name)
+
+        class Dying:
+            def open(self, *args: object, **kwargs: object) -> object:
+                nonlocal calls
+                calls += 1
+                if calls == 1:
+                    raise MemoryError("simulated")
+                return runtime.open(*args, **kwargs)  # type: ignore[arg-type]
+
+        return Dying()
+
+    mgr = ModelManager([spec(scale_model(tmp_path / "m.onnx", 2.0))], flaky, budget_mb=100)  # type: ignore[arg-type]
+    with pytest.raises(MemoryError):
+        run(mgr, "scale")
+    assert mgr.stats().used_mb == 0
+    assert run(mgr, "scale", 1.0) == 2.0

@@ -14,6 +14,7 @@ import ctypes.util
 import importlib
 import logging
 import platform
+import threading
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -153,6 +154,7 @@ class LiteRtSession:
         self._interpreter: Any | None = interpreter
         self._model = str(path)
         self._device = device
+        self._lock = threading.RLock()  # run() re-enters for a sample-by-sample batch
         inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
         self._input_index = [int(d["index"]) for d in inputs]
         self._output_index = [int(d["index"]) for d in outputs]
@@ -186,6 +188,10 @@ class LiteRtSession:
         return self._batch_capable
 
     def run(self, inputs: Sequence[FloatArray]) -> list[FloatArray]:
+        with self._lock:  # an interpreter is not thread-safe: one run at a time
+            return self._run(inputs)
+
+    def _run(self, inputs: Sequence[FloatArray]) -> list[FloatArray]:
         self._live()
         if self._per_sample and self._is_larger_batch(inputs):
             rows = [self.run([array[i : i + 1] for array in inputs]) for i in range(inputs[0].shape[0])]

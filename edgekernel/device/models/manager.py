@@ -10,7 +10,6 @@ the old one when its last lease ends, so no request fails.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -22,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from edgekernel.config.kernel import ModelSpec, TensorSpec
+from edgekernel.device.models._files import file_digest
 from edgekernel.device.models.runtime import ModelError, ModelFileError, Runtime, Session, TensorInfo
 
 log = logging.getLogger(__name__)
 
 RuntimeFactory = Callable[[str], Runtime]
-HASH_CHUNK = 1 << 20
 
 
 class BudgetError(ModelError):
@@ -83,12 +82,7 @@ class ManagerStats:
     swaps: int
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+file_sha256 = file_digest
 
 
 class ModelManager:
@@ -112,6 +106,7 @@ class ModelManager:
         self._changed = threading.Condition(self._lock)
         self._active: dict[str, _Entry] = {}
         self._draining: list[_Entry] = []
+        self._closing: list[Session] = []  # evicted under the lock, closed after it
         self._counts = {"loads": 0, "load_failures": 0, "evictions": 0, "hits": 0, "misses": 0, "swaps": 0}
 
     # -- what is configured -----------------------------------------------------------------
@@ -131,6 +126,10 @@ class ModelManager:
         except KeyError:
             known = ", ".join(sorted(self._specs)) or "none"
             raise UnknownModelError(f"no such model (configured: {known})", model=name) from None
+
+    def free_mb(self) -> float:
+        with self._lock:
+            return self.budget_mb - self._used_mb()
 
     def batch_capable(self, name: str) -> bool | None:
         """Whether the loaded version of `name` takes a batch dimension; None when it is not loaded."""
@@ -155,8 +154,7 @@ class ModelManager:
     def load(self, name: str) -> LoadedModelInfo:
         """Load (or confirm loaded) `name` without holding a lease."""
         with self.lease(name):
-            pass
-        return next(info for info in self.stats().loaded if info.name == name and not info.draining)
+            return next(info for info in self.stats().loaded if info.name == name and not info.draining)
 
     def _acquire(self, name: str) -> _Entry:
         with self._lock:
@@ -172,6 +170,7 @@ class ModelManager:
                 self._counts["hits"] += 1
             entry.leases += 1
             entry.last_used = self._clock()
+        self._close_evicted()
         if load_here:
             self._open(entry)
             return entry
@@ -184,16 +183,23 @@ class ModelManager:
         """Load outside the lock so other models keep serving; publish the result under it."""
         try:
             session, load_ms, warmup_ms = self._load_session(entry.spec)
-        except ModelError as err:
+        except BaseException as err:  # waiters must wake whatever went wrong (MemoryError too)
+            failure = (
+                err
+                if isinstance(err, ModelError)
+                else ModelError(f"load failed: {err!r}", model=entry.spec.name)
+            )
             with self._lock:
-                entry.error = err
+                entry.error = failure
                 entry.leases -= 1
                 self._counts["load_failures"] += 1
                 if self._active.get(entry.spec.name) is entry:
                     del self._active[entry.spec.name]
+                if entry in self._draining:  # swapped out while it loaded
+                    self._draining.remove(entry)
                 entry.ready.set()
                 self._changed.notify_all()
-            log.error("%s", err)
+            log.error("%s", failure)
             raise
         with self._lock:
             entry.session, entry.load_ms, entry.warmup_ms = session, load_ms, warmup_ms
@@ -227,9 +233,9 @@ class ModelManager:
         started = time.perf_counter()
         path = spec.file
         try:
-            actual = file_sha256(path)
-        except OSError as err:
-            raise ModelFileError(f"cannot read {path}: {err.strerror or err}", model=spec.name) from err
+            actual = file_digest(path)
+        except ModelFileError as err:
+            raise ModelFileError(f"cannot read {path}: {err}", model=spec.name) from err
         if actual != spec.sha256:
             raise ModelFileError(
                 f"{path} does not match its sha256 (expected {spec.sha256[:12]}…, file has {actual[:12]}…): "
@@ -279,11 +285,17 @@ class ModelManager:
             del self._active[victim.spec.name]
             self._counts["evictions"] += 1
             if victim.session is not None:
-                victim.session.close()
+                self._closing.append(victim.session)
                 victim.session = None
             log.info(
                 "evicted model %s (%g MB) to make room for %s", victim.spec.name, victim.memory_mb, for_model
             )
+
+    def _close_evicted(self) -> None:
+        with self._lock:
+            sessions, self._closing = self._closing, []
+        for session in sessions:
+            session.close()
 
     def unload(self, name: str, *, wait_s: float = 30.0) -> None:
         """Unload `name` once its leases end (waits up to `wait_s`)."""
@@ -312,9 +324,10 @@ class ModelManager:
             self._make_room(spec.memory_mb, for_model=spec.name)
             staged = _Entry(spec, leases=1)
             self._draining.append(staged)  # counted against the budget while it loads
+        self._close_evicted()
         try:
             session, load_ms, warmup_ms = self._load_session(spec)
-        except ModelError:
+        except BaseException:
             with self._lock:
                 self._draining.remove(staged)
                 self._counts["load_failures"] += 1
@@ -336,31 +349,18 @@ class ModelManager:
                 else:
                     old.draining = True
                     self._draining.append(old)
+            info = _info(staged)
         if close is not None:
             close.close()
         log.info("swapped model %s to v%s", spec.name, spec.version)
-        return next(i for i in self.stats().loaded if i.name == spec.name and not i.draining)
+        return info
 
     # -- stats and shutdown -----------------------------------------------------------------
 
     def stats(self) -> ManagerStats:
         with self._lock:
             loaded = tuple(
-                LoadedModelInfo(
-                    name=e.spec.name,
-                    version=e.spec.version,
-                    runtime=e.session.runtime,
-                    device=e.session.device,
-                    memory_mb=e.memory_mb,
-                    leases=e.leases,
-                    pinned=e.spec.pinned,
-                    draining=e.draining,
-                    batch_capable=e.session.batch_capable,
-                    load_ms=e.load_ms,
-                    warmup_ms=e.warmup_ms,
-                )
-                for e in [*self._active.values(), *self._draining]
-                if e.session is not None
+                _info(e) for e in [*self._active.values(), *self._draining] if e.session is not None
             )
             return ManagerStats(
                 budget_mb=self.budget_mb, used_mb=self._used_mb(), loaded=loaded, **self._counts
@@ -375,6 +375,24 @@ class ModelManager:
             if entry.session is not None:
                 entry.session.close()
                 entry.session = None
+
+
+def _info(entry: _Entry) -> LoadedModelInfo:
+    session = entry.session
+    assert session is not None
+    return LoadedModelInfo(
+        name=entry.spec.name,
+        version=entry.spec.version,
+        runtime=session.runtime,
+        device=session.device,
+        memory_mb=entry.memory_mb,
+        leases=entry.leases,
+        pinned=entry.spec.pinned,
+        draining=entry.draining,
+        batch_capable=session.batch_capable,
+        load_ms=entry.load_ms,
+        warmup_ms=entry.warmup_ms,
+    )
 
 
 def _holder(entry: _Entry) -> str:

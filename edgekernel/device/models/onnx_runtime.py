@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import uuid
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -28,6 +29,7 @@ from edgekernel.device.models._tensors import check_inputs, leading_batch, to_fl
 from edgekernel.device.models.runtime import (
     FloatArray,
     InferenceError,
+    ModelError,
     ModelFileError,
     Quantization,
     RuntimeUnavailableError,
@@ -191,7 +193,7 @@ class _Loader:
             cached = self._from_cache(entry, meta)
             if cached is not None:
                 return cached
-        partial = folder / f"{key}.{os.getpid()}.tmp"
+        partial = folder / f"{key}.{os.getpid()}.{uuid.uuid4().hex}.tmp"  # loads may race
         options = self.options(optimize=True)
         options.optimized_model_filepath = str(partial)
         try:
@@ -214,7 +216,7 @@ class _Loader:
         return self.cache_dir
 
     def _from_cache(self, entry: Path, meta: Path) -> Any | None:
-        errors: tuple[type[Exception], ...] = (OSError, KeyError, *_ort_errors())
+        errors: tuple[type[Exception], ...] = (OSError, KeyError, ValueError, ModelError, *_ort_errors())
         try:
             recorded = json.loads(meta.read_text())["sha256"]
             if recorded != file_digest(entry):
@@ -235,11 +237,11 @@ class _Loader:
                 "providers": self.providers,
                 "optimization": _OPTIMIZATION,
             }
-            os.replace(partial, entry)
-            tmp_meta = meta.with_suffix(".json.tmp")
+            tmp_meta = partial.with_suffix(".json.tmp")
             tmp_meta.write_text(json.dumps(record, indent=1))
-            os.replace(tmp_meta, meta)
-        except OSError as err:
+            os.replace(tmp_meta, meta)  # the record first: a reader never sees an entry without it
+            os.replace(partial, entry)
+        except (OSError, ModelError) as err:  # the cache must never fail a load
             log.warning("could not write graph cache entry %s: %s", entry, err)
             partial.unlink(missing_ok=True)
 

@@ -12,7 +12,7 @@ import enum
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Literal
 
@@ -110,6 +110,11 @@ class WorkerPool:
         """Run a batch taken by `try_inline` in the caller's thread."""
         self._run(batch)
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Until no batch is in flight (or `timeout`); True when idle."""
+        with self.lock:
+            return self._work.wait_for(lambda: not self.inflight, timeout)
+
     def wake(self, *, halt: bool = False) -> None:
         self._halted = self._halted or halt
         self._work.notify_all()
@@ -185,8 +190,10 @@ class WorkerPool:
         return False
 
     def _run(self, batch: Batch) -> None:
-        outcome: list[list[FloatArray]] | BaseException
+        outcome: Sequence[list[FloatArray] | BaseException] | BaseException
         try:
+            self._executor.prepare(batch.model)
+            batch.started = self._clock()  # a model's load is waiting, not service
             outcome = self._executor.run_batch(batch.model, [request.inputs for request in batch.requests])
             if len(outcome) != len(batch.requests):
                 outcome = SchedulerError(
@@ -201,7 +208,9 @@ class WorkerPool:
             raise
         self._settle_batch(batch, outcome)
 
-    def _settle_batch(self, batch: Batch, outcome: list[list[FloatArray]] | BaseException) -> None:
+    def _settle_batch(
+        self, batch: Batch, outcome: Sequence[list[FloatArray] | BaseException] | BaseException
+    ) -> None:
         end = self._clock()
         out: Out = []
         with self.lock:
@@ -209,7 +218,11 @@ class WorkerPool:
         settle(out)
 
     def _complete(
-        self, batch: Batch, outcome: list[list[FloatArray]] | BaseException, end: float, out: Out
+        self,
+        batch: Batch,
+        outcome: Sequence[list[FloatArray] | BaseException] | BaseException,
+        end: float,
+        out: Out,
     ) -> None:
         start = batch.started if batch.started is not None else end
         service, size = end - start, len(batch.requests)
@@ -218,10 +231,11 @@ class WorkerPool:
             self.queue.costs.observe(batch.model, size, service)
         for i, request in enumerate(batch.requests):
             self.queue.fairness.charge(request.agent, service / size - request.charge)
-            if isinstance(outcome, BaseException):
-                self._finish(request, "error", outcome, out)
+            result = outcome if isinstance(outcome, BaseException) else outcome[i]
+            if isinstance(result, BaseException):
+                self._finish(request, "error", result, out)
             else:
-                self._finish(request, "", outcome[i], out)
+                self._finish(request, "", result, out)
                 wait = start - request.arrival
                 self.recorder.completed(request.agent, request.model, wait=wait, service=service, batch=size)
         self.inflight.remove(batch)

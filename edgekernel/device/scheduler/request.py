@@ -31,10 +31,16 @@ class Executor(Protocol):
         Called by `Scheduler.submit` in the submitting thread; its errors (an unknown model) propagate.
         """
 
-    def run_batch(self, model: str, batch: Sequence[Sequence[FloatArray]]) -> list[list[FloatArray]]:
-        """Run `model` once for every request of `batch` (each one's inputs); one output list each.
+    def prepare(self, model: str) -> None:
+        """Make `model` ready to run (load it); called before a batch's service time starts."""
 
-        Called from one worker thread at a time per call. An exception fails exactly the requests of
+    def run_batch(
+        self, model: str, batch: Sequence[Sequence[FloatArray]]
+    ) -> Sequence[list[FloatArray] | BaseException]:
+        """Run `model` for every request of `batch` (each one's inputs); one entry per request: its
+        outputs, or the exception that fails that request alone.
+
+        Called from one worker thread at a time per call. An exception raised fails every request of
         this batch (their futures get it); the worker carries on.
         """
 

@@ -107,6 +107,7 @@ class Scheduler:
         end = time.monotonic() + timeout
         for thread in pool.threads:
             thread.join(max(0.0, end - time.monotonic()))
+        pool.wait_idle(max(0.0, end - time.monotonic()))  # batches callers run themselves
         with pool.lock:
             pool.phase = Phase.CLOSED
             dropped = pool.drop(out, f"the scheduler did not drain its queue within {timeout:g} s")
@@ -159,7 +160,9 @@ class Scheduler:
         if deadline_s is not None and math.isnan(deadline_s):
             raise ValueError("deadline_s is NaN")
         arrays = tuple(inputs)
-        max_batch = max(1, self._executor.max_batch(model)) if self.config.batching.enabled else 1
+        max_batch = max(1, self._executor.max_batch(model))  # also refuses an unknown model now
+        if not self.config.batching.enabled:
+            max_batch = 1
         future: Future[list[FloatArray]] = Future()
         pool = self._pool
         with pool.lock:
