@@ -9,9 +9,11 @@ Its one output is a *pressure* u in [0, 2], spent in two stages:
 The error is normalised on the target, e = (p95 - target) / target, so the gains are dimensionless
 (kp per unit of error, ki per unit of error and second, kd per unit of error per second). The derivative
 is smoothed by a first-order filter. Anti-windup: the integral stops growing while the output is saturated
-high (conditional integration), and it is clamped to [0, PRESSURE_MAX / ki], so a long overload relaxes
-as soon as the latency is back under target, and a long calm does not delay the reaction to the next
-one. With no fresh latency (the box is idle) the controller relaxes as if p95 were well under target.
+high (conditional integration), and it is clamped to [0, 1 / ki]: the integral alone can hold the
+batching wait at 0 but never sheds, so shedding stops as soon as the latency is back under target
+(a larger clamp kept shedding for many seconds after a transient), and a long calm does not delay the
+reaction to the next overload. With no fresh latency (the box is idle) the controller relaxes as if
+p95 were well under target.
 
 Deterministic: time comes only from the `now` passed to `update`.
 """
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from edgekernel.config.kernel import SloConfig
 
 PRESSURE_MAX = 2.0
+INTEGRAL_MAX = 1.0  # the integral term's share of the pressure: up to "no batching wait", not shedding
 IDLE_ERROR = -1.0  # the error fed when there is no fresh measurement
 _D_SMOOTHING = 0.5  # weight of the newest derivative sample
 
@@ -83,8 +86,8 @@ class SloController:
         candidate = self._integral + error * dt
         if not (error > 0 and proportional + ki * candidate + derivative > PRESSURE_MAX):
             self._integral = candidate  # conditional integration: not while saturated high
-        # the integral alone never needs to go below 0 or past the output's range
-        self._integral = min(max(self._integral, 0.0), PRESSURE_MAX / ki) if ki > 0 else 0.0
+        # the integral alone may hold the batching wait at 0, but shedding needs a present error
+        self._integral = min(max(self._integral, 0.0), INTEGRAL_MAX / ki) if ki > 0 else 0.0
         pressure = min(max(proportional + ki * self._integral + derivative, 0.0), PRESSURE_MAX)
         self._state = ControllerState(
             target_s=self.target_s,
