@@ -62,6 +62,7 @@ class WorkerPool:
         self._halted = False
         self._sampled = 0
         self.workers = 0
+        self._idle_waiters = 0
         self.threads: list[threading.Thread] = []  # the workers
         self.housekeeper: threading.Thread | None = None
 
@@ -113,7 +114,11 @@ class WorkerPool:
     def wait_idle(self, timeout: float) -> bool:
         """Until no batch is in flight (or `timeout`); True when idle."""
         with self.lock:
-            return self._work.wait_for(lambda: not self.inflight, timeout)
+            self._idle_waiters += 1
+            try:
+                return self._work.wait_for(lambda: not self.inflight, timeout)
+            finally:
+                self._idle_waiters -= 1
 
     def wake(self, *, halt: bool = False) -> None:
         self._halted = self._halted or halt
@@ -239,7 +244,8 @@ class WorkerPool:
                 wait = start - request.arrival
                 self.recorder.completed(request.agent, request.model, wait=wait, service=service, batch=size)
         self.inflight.remove(batch)
-        self._work.notify_all()
+        if len(self.queue) or self.phase is not Phase.RUNNING or self._idle_waiters:
+            self._work.notify_all()  # not on every inline run: a needless wake-up slows the next one
 
     def _finish(
         self, request: Request, reason: str, outcome: Outcome | None = None, out: Out | None = None
