@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, TypeVar, cast
 
 import typer
+from rich.table import Table
 
-from edgekernel.cli.common import BROKER_OPTION_HELP, Exit, fail, run_until_signal, setup_logging
+from edgekernel.cli.common import BROKER_OPTION_HELP, Exit, console, fail, run_until_signal, setup_logging
 from edgekernel.config import DeviceConfig, GatewayConfig, load_device, load_gateway
 from edgekernel.errors import EdgeKernelError
 
@@ -93,3 +97,40 @@ def gateway_run(
         duration=duration,
         verbose=verbose,
     )
+
+
+@gateway_app.command("stats")
+def gateway_stats(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="The gateway's config file.")] = None,
+    store: Annotated[
+        Path | None, typer.Option("--store", help="The store file itself (instead of --config).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Per device: messages stored, highest seq, duplicates dropped, gaps, last seen."""
+    from edgekernel.gateway import StoreError, read_summary  # noqa: PLC0415 (keeps `--help` fast)
+
+    if (config is None) == (store is None):
+        fail("give --config or --store", Exit.USAGE)
+    try:
+        path = store if store is not None else load_gateway(cast(Path, config)).store.path
+        if not path.exists():
+            fail(f"no store at {path} (has the gateway run?)")
+        rows = read_summary(path)
+    except (EdgeKernelError, StoreError) as err:
+        fail(str(err))
+    if as_json:
+        data = [{**asdict(row), "gaps": row.gaps} for row in rows]
+        console.print_json(json.dumps({"store": str(path), "devices": data}))
+        return
+    table = Table(title=f"gateway store {path}", title_justify="left")
+    for column in ("device", "messages", "samples", "highest seq", "duplicates", "gaps", "last seen"):
+        table.add_column(column, justify="left" if column == "device" else "right", no_wrap=True)
+    now = time.time()
+    for row in rows:
+        seen = "-" if row.last_seen is None else f"{max(0.0, now - row.last_seen):.0f}s ago"
+        top = "-" if row.highest_seq is None else str(row.highest_seq)
+        table.add_row(
+            row.device, str(row.messages), str(row.samples), top, str(row.duplicates), str(row.gaps), seen
+        )
+    console.print(table)

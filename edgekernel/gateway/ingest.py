@@ -24,6 +24,8 @@ from edgekernel.gateway.store import (
 )
 from edgekernel.link import Message, MqttSession
 from edgekernel.protocol import (
+    CONTENT_TYPES,
+    Encoding,
     Envelope,
     ProtocolError,
     ReportedBody,
@@ -31,9 +33,11 @@ from edgekernel.protocol import (
     TelemetryBody,
     Topic,
     TopicKind,
+    encode,
     inbound,
     topics,
 )
+from edgekernel.protocol.bodies import AckBody
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +148,30 @@ class Gateway:
         self.counters["stored"] += result.stored
         self.counters["duplicates"] += result.duplicates
         self.counters["samples_stored"] += result.samples
+        self._acknowledge(telemetry)
+
+    def _acknowledge(self, telemetry: list[TelemetryRecord]) -> None:
+        """Tell each device which seqs are now held durably (stored now or before: duplicates too)."""
+        by_device: dict[str, list[int]] = {}
+        for record in telemetry:
+            by_device.setdefault(record.device, []).append(record.seq)
+        for device, seqs in by_device.items():
+            if not self.session.connected:
+                self.counters["acks_deferred"] += 1  # the device re-sends; its duplicate is acked then
+                continue
+            envelope = AckBody.of(seqs).to_envelope(self.config.gateway)
+            future = self.session.publish_nowait(
+                topics.ack(self.fleet, device),
+                encode(envelope),
+                qos=1,
+                content_type=CONTENT_TYPES[Encoding.JSON],
+            )
+            future.add_done_callback(self._count_ack)
+            self.counters["acks_sent"] += 1
+
+    def _count_ack(self, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.counters["acks_failed"] += 1
 
     def handle(self, message: Message) -> None:
         """Validate one message and queue what it carries for the next batch."""

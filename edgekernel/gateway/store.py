@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS devices (
     reported_ts REAL,
     last_seen REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS duplicates (
+    device TEXT PRIMARY KEY,
+    count INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rejected (
     id INTEGER PRIMARY KEY,
     received_at REAL NOT NULL,
@@ -138,6 +142,11 @@ class Store:
                     )
                     if cursor.rowcount == 0:
                         duplicates += 1
+                        self._db.execute(
+                            "INSERT INTO duplicates VALUES (?, 1) "
+                            "ON CONFLICT(device) DO UPDATE SET count = count + 1",
+                            (record.device,),
+                        )
                         continue
                     stored += 1
                     samples += len(record.samples)
@@ -205,12 +214,20 @@ def encode_fields(value: float | dict[str, float]) -> tuple[float | None, str | 
 
 @dataclass(frozen=True, slots=True)
 class DeviceSummary:
+    """One device as the store sees it. `gaps` counts seqs below the highest that never arrived (the
+    device's seq starts at 1 and is shared by all its durable streams)."""
+
     device: str
     messages: int
     samples: int
     highest_seq: int | None
     online: bool | None
     last_seen: float | None
+    duplicates: int = 0
+
+    @property
+    def gaps(self) -> int:
+        return 0 if self.highest_seq is None else max(0, self.highest_seq - self.messages)
 
 
 def read_summary(path: Path) -> list[DeviceSummary]:
@@ -227,6 +244,10 @@ def read_summary(path: Path) -> list[DeviceSummary]:
             )
         }
         states = {d: (o, seen) for d, o, seen in db.execute("SELECT device, online, last_seen FROM devices")}
+        try:
+            dupes = dict(db.execute("SELECT device, count FROM duplicates"))
+        except sqlite3.OperationalError:  # a store written before duplicates were kept per device
+            dupes = {}
     except sqlite3.Error as err:
         raise StoreError(f"cannot read store {path}: {err}") from err
     finally:
@@ -236,6 +257,14 @@ def read_summary(path: Path) -> list[DeviceSummary]:
         messages, samples, top = totals.get(device, (0, 0, None))
         online, seen = states.get(device, (None, None))
         summaries.append(
-            DeviceSummary(device, messages, samples, top, None if online is None else bool(online), seen)
+            DeviceSummary(
+                device,
+                messages,
+                samples,
+                top,
+                None if online is None else bool(online),
+                seen,
+                int(dupes.get(device, 0)),
+            )
         )
     return summaries

@@ -6,9 +6,10 @@ does not fit, so `TelemetryBody.from_envelope(env)` either returns samples or ra
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Annotated, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
 from edgekernel.protocol.envelope import Envelope, Id, MessageType, Timestamp
 from edgekernel.protocol.errors import ProtocolError
@@ -117,3 +118,44 @@ class ReportedBody(_Body):
     config_generation: Annotated[int, Field(ge=0)] = 0
     models: list[ModelState] = []
     inference: InferenceSummary | None = None
+
+
+MAX_ACK_RANGES = 4096
+Seq = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+class AckBody(_Body):
+    """The gateway's word that it holds these seqs durably: inclusive (first, last) ranges, sorted and
+    disjoint. A device deletes those rows from its outbox."""
+
+    ENVELOPE_TYPE: ClassVar[MessageType] = "ack"
+    ranges: Annotated[
+        list[Annotated[list[Seq], Field(min_length=2, max_length=2)]],
+        Field(min_length=1, max_length=MAX_ACK_RANGES),
+    ]
+
+    @model_validator(mode="after")
+    def _sorted_and_disjoint(self) -> AckBody:
+        previous = -2
+        for first, last in self.ranges:
+            if first > last:
+                raise ValueError(f"range ({first}, {last}) is reversed")
+            if first <= previous + 1:
+                raise ValueError("ranges must be sorted, disjoint and not adjacent")
+            previous = last
+        return self
+
+    @classmethod
+    def of(cls, seqs: Iterable[int]) -> AckBody:
+        """The minimal ranges covering `seqs`."""
+        ranges: list[list[int]] = []
+        for seq in sorted(set(seqs)):
+            if ranges and seq == ranges[-1][1] + 1:
+                ranges[-1][1] = seq
+            else:
+                ranges.append([seq, seq])
+        return cls(ranges=ranges)
+
+    def seqs(self) -> Iterator[int]:
+        for first, last in self.ranges:
+            yield from range(first, last + 1)

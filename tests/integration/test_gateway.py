@@ -9,14 +9,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from edgekernel.cli.main import app
 from edgekernel.config import BrokerConfig, GatewayConfig
 from edgekernel.config.models import StoreConfig
-from edgekernel.gateway import Gateway
+from edgekernel.gateway import Gateway, read_summary
 from edgekernel.link import Mosquitto, MqttSession
-from edgekernel.protocol import Encoding, Sample, StatusBody, TelemetryBody, encode, topics
+from edgekernel.protocol import Encoding, Sample, StatusBody, TelemetryBody, decode, encode, topics
+from edgekernel.protocol.bodies import AckBody
 
-from .helpers import wait_until
+from .helpers import Collector, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -227,3 +230,31 @@ def test_a_gateway_stopped_mid_stream_and_restarted_stores_everything_once(
     assert rows(
         tmp_path / "store.db", "SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM messages"
     ) == [(total + 1, total + 1, 1, total + 1)]
+
+
+def test_the_gateway_acknowledges_what_it_stored_and_re_acks_duplicates(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    acks: list[list[list[int]]] = []
+
+    async def scenario(gateway: Gateway, sender: MqttSession) -> None:
+        async with Collector(broker.url, topics.ack(FLEET, "dev-1"), client_id="acks") as seen:
+            for seq in (1, 2, 3, 5):
+                await sender.publish(topics.telemetry(FLEET, "dev-1", "temp"), telemetry("dev-1", seq), qos=1)
+            await wait_until(lambda: gateway.counters["stored"] == 4)
+            await sender.publish(topics.telemetry(FLEET, "dev-1", "temp"), telemetry("dev-1", 2), qos=1)
+            await wait_until(lambda: gateway.counters["duplicates"] == 1)
+            await seen.wait_for(
+                lambda ms: sum(len(list(AckBody.from_envelope(decode(m.payload)).seqs())) for m in ms) == 5
+            )
+            acks.extend(AckBody.from_envelope(decode(m.payload)).ranges for m in seen.messages)
+
+    run_gateway(broker, tmp_path, scenario)
+    acked = sorted(seq for ranges in acks for first, last in ranges for seq in range(first, last + 1))
+    assert acked == [1, 2, 2, 3, 5]
+    [summary] = read_summary(tmp_path / "store.db")
+    assert (summary.messages, summary.highest_seq, summary.duplicates, summary.gaps) == (4, 5, 1, 1)
+    result = CliRunner().invoke(app, ["gateway", "stats", "--store", str(tmp_path / "store.db"), "--json"])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.output)["devices"]
+    assert (row["device"], row["messages"], row["duplicates"], row["gaps"]) == ("dev-1", 4, 1, 1)
