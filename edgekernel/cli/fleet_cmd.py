@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import JsonValue
 from rich.table import Table
 
-from edgekernel.cli.common import BROKER_OPTION_HELP, Exit, console, fail
+from edgekernel.cli.common import BROKER_OPTION_HELP, Exit, console, err_console, fail
 from edgekernel.config import BrokerConfig, ConfigError, load_fleet
-from edgekernel.fleet import DeviceView, snapshot
+from edgekernel.fleet import DeviceView, call, snapshot
 from edgekernel.link import LinkError
-from edgekernel.protocol import topics
+from edgekernel.protocol import FleetKey, ProtocolError, topics
 
 app = typer.Typer(help="See and steer the fleet.", no_args_is_help=True)
 
@@ -158,3 +159,102 @@ def devices(
     console.print(table)
     if not rows:
         console.print(f"[yellow]no device of fleet {fleet_id} has announced itself on {broker_cfg.url}[/]")
+
+
+@app.command("keygen")
+def keygen(
+    out: Annotated[Path, typer.Option("--out", help="Folder for fleet.key (private) and fleet.pub.")] = Path(
+        "firmware-config/keys"
+    ),
+) -> None:
+    """Make the fleet's ed25519 signing key: fleet.key (mode 0600, keep it off the devices) and
+    fleet.pub (list it under `fleet_keys` in each device's config)."""
+    private, public = out / "fleet.key", out / "fleet.pub"
+    if private.exists():
+        fail(f"{private} exists; move it away first (devices trust the key they were given)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        key = FleetKey.generate()
+        key.save(private)
+        public.write_bytes(key.public_pem())
+    except OSError as err:
+        fail(f"cannot write the key: {err}")
+    console.print(f"fleet key {key.key_id}: private {private} (0600), public {public}")
+
+
+def _parse_args(pairs: list[str]) -> dict[str, JsonValue]:
+    """``name=value`` pairs; a value is read as JSON when it parses, else kept as text."""
+    args: dict[str, JsonValue] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            fail(f"argument {pair!r} is not NAME=VALUE", Exit.USAGE)
+        try:
+            args[name] = json.loads(raw)
+        except ValueError:
+            args[name] = raw
+    return args
+
+
+@app.command("call")
+def call_device(
+    device: Annotated[str, typer.Argument(help="The device id.")],
+    command: Annotated[str, typer.Argument(help="ping, stats, …")],
+    args: Annotated[list[str] | None, typer.Argument(help="NAME=VALUE arguments (values as JSON).")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help=f"Fleet config [default: {DEFAULT_FLEET_CONFIG}]")
+    ] = None,
+    broker: Annotated[str | None, typer.Option("--broker", help=BROKER_OPTION_HELP)] = None,
+    fleet: Annotated[str | None, typer.Option("--fleet", help="Fleet id; overrides the config file.")] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", help="The fleet's private key [default: the config's signing_key]."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reply as JSON.")] = False,
+) -> None:
+    """Send a signed command to a device and print its reply (ping answers with the round-trip time)."""
+    broker_cfg, fleet_id = resolve_target(config, broker, fleet)
+    key_path = key
+    if key_path is None and (config is not None or DEFAULT_FLEET_CONFIG.exists()):
+        key_path = load_fleet(config or DEFAULT_FLEET_CONFIG).signing_key
+    if key_path is None:
+        fail("give --key (or signing_key in the fleet config)", Exit.USAGE)
+    if not topics.is_id(device) or not topics.is_id(command):
+        fail("device and command must be ids (1-63 of a-z 0-9 _ -)", Exit.USAGE)
+    try:
+        fleet_key = FleetKey.load(key_path)
+        result = asyncio.run(
+            call(
+                broker_cfg, fleet_id, device, command, _parse_args(args or []), key=fleet_key, timeout=timeout
+            )
+        )
+    except (ProtocolError, OSError) as err:
+        fail(f"cannot use the key {key_path}: {err}")
+    except LinkError as err:
+        fail(str(err), Exit.LINK)
+    reply = result.reply
+    if as_json:
+        console.print_json(
+            json.dumps(
+                {
+                    "device": device,
+                    "command": command,
+                    "round_trip_ms": result.round_trip_s * 1000,
+                    **reply.model_dump(mode="json"),
+                }
+            )
+        )
+    elif reply.ok:
+        console.print(f"{device} {command}: ok in {result.round_trip_s * 1000:.1f} ms")
+        if reply.result is not None:
+            console.print_json(json.dumps(reply.result))
+    if not reply.ok:
+        error = reply.error
+        if not as_json:
+            err_console.print(
+                f"[red]{device} refused {command}[/]: {error.reason if error else '?'}: "
+                f"{error.message if error else ''}",
+                highlight=False,
+            )
+        raise typer.Exit(int(Exit.FAILED))

@@ -144,6 +144,9 @@ class DeviceConfig(Model):
     reported_interval_s: Seconds = 30.0
     sensors: list[SensorConfig] = []
     kernel: KernelConfig = KernelConfig()
+    fleet_keys: list[FilePath] = Field(
+        default_factory=list, description="the fleet's public keys (PEM): commands signed by them are run"
+    )
 
     @field_validator("sensors")
     @classmethod
@@ -175,3 +178,6 @@ class FleetConfig(Model):
     fleet: Id
     name: Annotated[str, Field(max_length=200)] = ""
     broker: BrokerConfig = BrokerConfig()
+    signing_key: FilePath | None = Field(
+        None, description="the fleet's private key (PEM, mode 0600) that signs commands to devices"
+    )

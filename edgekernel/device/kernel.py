@@ -12,9 +12,12 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 
+from pydantic import JsonValue
+
 from edgekernel import __version__
 from edgekernel.config.models import DeviceConfig, SensorConfig
 from edgekernel.device import capabilities
+from edgekernel.device.commands import Commands, ping_result
 from edgekernel.device.inference import Inference
 from edgekernel.device.logsink import MqttLogHandler
 from edgekernel.device.models.runtime import FloatArray
@@ -32,6 +35,7 @@ from edgekernel.protocol import (
     StatusBody,
     TelemetryBody,
     TopicKind,
+    VerifiedCommand,
     encode,
     inbound,
     topics,
@@ -68,6 +72,10 @@ class Kernel:
         )
         self.streams: list[SensorStream] = []
         self.inference = Inference(config.kernel, cache_dir=config.data_dir / "model-cache")
+        self.commands = Commands(self.device, self.session, keys=config.fleet_keys, encoding=config.encoding)
+        self.commands.register("ping", self._ping)
+        self.commands.register("stats", self._stats)
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- status, birth and will -------------------------------------------------------------
 
@@ -256,4 +264,31 @@ class Kernel:
             if isinstance(generation, int) and generation >= 0:
                 self.desired_generation = generation
         elif topic.kind is TopicKind.CMD:
-            log.info("command %s received; commands are not served by this version", topic.name)
+            task = asyncio.get_running_loop().create_task(self.commands.handle(message, envelope))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _ping(self, command: VerifiedCommand) -> JsonValue:
+        return ping_result(command)
+
+    async def _stats(self, command: VerifiedCommand) -> JsonValue:
+        """The kernel's, the link's and the scheduler's counters, as plain JSON."""
+        session = self.session.stats
+        return {
+            "device": self.device,
+            "boot": self.state.boot,
+            "last_seq": self.state.last_seq,
+            "counters": dict(self.counters),
+            "commands": dict(self.commands.counters),
+            "link": {
+                "connected": self.session.connected,
+                "connects": session.connects,
+                "disconnects": session.disconnects,
+                "received": session.received,
+                "published": session.published,
+                "dropped_qos0_offline": session.dropped_qos0_offline,
+                "inbox_backlog": self.session.backlog,
+            },
+            "models": [state.model_dump(mode="json") for state in self._model_states()],
+            "inference": self._inference_summary().model_dump(mode="json"),
+        }
