@@ -13,3 +13,55 @@ class BrokerError(LinkError):
 
 class NotConnectedError(LinkError):
     """The session is not connected and the operation needs it to be."""
+
+
+class OutboxError(LinkError):
+    """The outbox cannot be opened (corrupt, not an outbox, in use), is closed, or failed to commit.
+
+    `path` names the outbox file.
+    """
+
+    def __init__(self, message: str, *, path: object = None) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class OutboxFullError(OutboxError):
+    """The outbox had no room for a message: refused by `drop-newest`, or `block` timed out.
+
+    `policy` is the overflow policy, `size` the message's bytes, `max_bytes` the bound.
+    """
+
+    def __init__(self, message: str, *, path: object, policy: str, size: int, max_bytes: int) -> None:
+        self.policy = policy
+        self.size = size
+        self.max_bytes = max_bytes
+        super().__init__(message, path=path)
+
+
+class CoapError(LinkError):
+    """A CoAP exchange failed, or a server refuses a request.
+
+    `code` is the response code in dotted form ("4.04"), or None when no response came (timeout,
+    network error, bad URI); `diagnostic` is the human-readable reason a server sends as the payload
+    of an error response; `max_age` is how many seconds a 5.03 asks the client to wait before retrying.
+    A server renders a `CoapError` raised by a handler into that response.
+    """
+
+    code: str | None = None
+
+    def __init__(
+        self,
+        diagnostic: str,
+        *,
+        code: str | None = None,
+        max_age: int | None = None,
+        uri: str | None = None,
+    ) -> None:
+        if code is not None:
+            self.code = code
+        self.diagnostic = diagnostic
+        self.max_age = max_age
+        self.uri = uri
+        where = " ".join(part for part in (uri, self.code) if part)
+        super().__init__(f"{where}: {diagnostic}" if where else diagnostic)

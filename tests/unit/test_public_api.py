@@ -14,6 +14,7 @@ PACKAGES = [
     "edgekernel.protocol",
     "edgekernel.config",
     "edgekernel.link",
+    "edgekernel.link.coap",
     "edgekernel.device",
     "edgekernel.device.models",
     "edgekernel.gateway",
