@@ -9,6 +9,7 @@ from edgekernel.config.models import (
     GatewayConfig,
     SensorConfig,
 )
+from edgekernel.config.outbox import OutboxConfig
 from edgekernel.config.schema import write_schemas
 from edgekernel.config.validate import ConfigKind, FileResult, validate_tree
 
@@ -21,6 +22,7 @@ __all__ = [
     "FileResult",
     "FleetConfig",
     "GatewayConfig",
+    "OutboxConfig",
     "SensorConfig",
     "load",
     "load_device",

@@ -1,8 +1,17 @@
 """Transports shared by every program: the MQTT 5 session and a private Mosquitto."""
 
 from edgekernel.link.broker import BrokerTls, Mosquitto, find_mosquitto, free_port
-from edgekernel.link.errors import BrokerError, CoapError, LinkError, NotConnectedError
+from edgekernel.link.errors import (
+    BrokerError,
+    CoapError,
+    LinkError,
+    NotConnectedError,
+    OutboxError,
+    OutboxFullError,
+)
 from edgekernel.link.mqtt import Message, MessageFactory, MqttSession, Outgoing, SessionStats
+from edgekernel.link.outbox import Outbox, OutboxMessage, OutboxStats
+from edgekernel.link.ranges import SeqRanges
 
 __all__ = [
     "BrokerError",
@@ -14,7 +23,13 @@ __all__ = [
     "Mosquitto",
     "MqttSession",
     "NotConnectedError",
+    "Outbox",
+    "OutboxError",
+    "OutboxFullError",
+    "OutboxMessage",
+    "OutboxStats",
     "Outgoing",
+    "SeqRanges",
     "SessionStats",
     "find_mosquitto",
     "free_port",

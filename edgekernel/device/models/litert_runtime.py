@@ -112,10 +112,10 @@ class LiteRtRuntime:
         delegate = self._delegate(module, path, preferred)
         if delegate is not None:
             try:
-                return LiteRtSession(_interpreter(module, path, threads, [delegate]), path, "edgetpu")
+                return _session(module, path, threads, [delegate], "edgetpu")
             except ModelFileError as err:
                 log.warning("%s does not run on the Edge TPU (%s); running it on the CPU", path, err)
-        return LiteRtSession(_interpreter(module, path, threads, None), path, "cpu")
+        return _session(module, path, threads, None, "cpu")
 
     @staticmethod
     def _delegate(module: Any, path: Path, preferred: Sequence[str]) -> Any | None:
@@ -134,6 +134,16 @@ class LiteRtRuntime:
                 log.info("%s: Edge TPU delegate did not load (%s); using the CPU", path, err)
                 return None
         return None
+
+
+def _session(
+    module: Any, path: Path, threads: int, delegates: list[Any] | None, device: str
+) -> LiteRtSession:
+    interpreter = _interpreter(module, path, threads, delegates)
+    try:
+        return LiteRtSession(interpreter, path, device)
+    except _ERRORS as err:  # a damaged file can pass allocation and fail reading its tensors
+        raise ModelFileError(f"LiteRT cannot read its tensors: {err}", model=str(path)) from err
 
 
 def _interpreter(module: Any, path: Path, threads: int, delegates: list[Any] | None) -> Any:
