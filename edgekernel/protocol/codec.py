@@ -13,6 +13,16 @@ from edgekernel.protocol.envelope import Envelope
 from edgekernel.protocol.errors import ProtocolError
 
 DEFAULT_MAX_PAYLOAD = 256 * 1024
+# what cbor2 may raise on hostile input, besides its own error
+CBOR_ERRORS = (
+    cbor2.CBORDecodeError,
+    ValueError,
+    TypeError,
+    LookupError,
+    OverflowError,
+    RecursionError,
+    MemoryError,
+)
 
 
 class Encoding(StrEnum):
@@ -58,15 +68,7 @@ def _decode_cbor(data: bytes) -> Envelope:
     stream = io.BytesIO(data)
     try:
         obj = cbor2.CBORDecoder(stream).decode()
-    except (
-        cbor2.CBORDecodeError,
-        ValueError,
-        TypeError,
-        LookupError,
-        OverflowError,
-        RecursionError,
-        MemoryError,
-    ) as err:
+    except CBOR_ERRORS as err:
         raise ProtocolError("bad-cbor", f"not a CBOR envelope: {err}") from None
     if (extra := len(data) - stream.tell()) > 0:
         # JSON refuses trailing bytes too; a payload is one envelope and nothing else

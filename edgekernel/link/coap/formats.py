@@ -15,20 +15,11 @@ from typing import Final
 import cbor2
 
 from edgekernel.protocol import Encoding, ProtocolError
+from edgekernel.protocol.codec import CBOR_ERRORS
 
 CONTENT_FORMATS: Final[Mapping[Encoding, int]] = MappingProxyType({Encoding.JSON: 50, Encoding.CBOR: 60})
 _ENCODINGS: Final = {number: encoding for encoding, number in CONTENT_FORMATS.items()}
 SUPPORTED: Final = "50 (application/json) or 60 (application/cbor)"
-
-_CBOR_ERRORS = (
-    cbor2.CBORDecodeError,
-    ValueError,
-    TypeError,
-    LookupError,
-    OverflowError,
-    RecursionError,
-    MemoryError,
-)
 
 
 def encoding_of(content_format: int | None) -> Encoding | None:
@@ -52,7 +43,7 @@ def loads(payload: bytes, encoding: Encoding) -> object:
     stream = io.BytesIO(payload)
     try:
         data: object = cbor2.CBORDecoder(stream).decode()
-    except _CBOR_ERRORS as err:
+    except CBOR_ERRORS as err:
         raise ProtocolError("bad-cbor", f"not CBOR: {err}") from None
     if (extra := len(payload) - stream.tell()) > 0:
         raise ProtocolError("bad-cbor", f"{extra} bytes after the CBOR item")
