@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
@@ -247,7 +248,9 @@ def call_device(
         )
     elif reply.ok:
         console.print(f"{device} {command}: ok in {result.round_trip_s * 1000:.1f} ms")
-        if reply.result is not None:
+        if command == "stats" and isinstance(reply.result, dict):
+            render_stats(reply.result)
+        elif reply.result is not None:
             console.print_json(json.dumps(reply.result))
     if not reply.ok:
         error = reply.error
@@ -258,3 +261,35 @@ def call_device(
                 highlight=False,
             )
         raise typer.Exit(int(Exit.FAILED))
+
+
+def render_stats(stats: Mapping[str, object]) -> None:
+    """A device's `stats` reply as tables: its counters, its link, its models and inference."""
+    link = stats.get("link")
+    if isinstance(link, dict):
+        table = Table(title=f"{stats.get('device')}: link", title_justify="left")
+        table.add_column("what")
+        table.add_column("value", justify="right")
+        for name, value in link.items():
+            table.add_row(str(name), str(value))
+        console.print(table)
+    for section in ("counters", "commands", "inference"):
+        values = stats.get(section)
+        if isinstance(values, dict) and values:
+            table = Table(title=section, title_justify="left")
+            table.add_column("counter")
+            table.add_column("value", justify="right")
+            for name, value in sorted(values.items()):
+                table.add_row(str(name), str(value))
+            console.print(table)
+    models = stats.get("models")
+    if isinstance(models, list) and models:
+        table = Table(title="models", title_justify="left")
+        for column in ("name", "version", "runtime", "device", "loaded"):
+            table.add_column(column)
+        for model in models:
+            if isinstance(model, dict):
+                table.add_row(
+                    *(str(model.get(c, "")) for c in ("name", "version", "runtime", "device", "loaded"))
+                )
+        console.print(table)

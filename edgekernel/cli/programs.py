@@ -134,3 +134,19 @@ def gateway_stats(
             row.device, str(row.messages), str(row.samples), top, str(row.duplicates), str(row.gaps), seen
         )
     console.print(table)
+
+
+@device_app.command("stats")
+def device_stats(
+    device: Annotated[str, typer.Argument(help="The device id.")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Fleet config.")] = None,
+    broker: BrokerOption = None,
+    fleet: Annotated[str | None, typer.Option("--fleet", help="Fleet id; overrides the config file.")] = None,
+    key: Annotated[Path | None, typer.Option("--key", help="The fleet's private key.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reply as JSON.")] = False,
+) -> None:
+    """A running device's counters: kernel, link, commands, models, inference (a signed `stats` call)."""
+    from edgekernel.cli.fleet_cmd import call_device  # noqa: PLC0415 (keeps `--help` fast)
+
+    call_device(device, "stats", [], config, broker, fleet, key, timeout, as_json)

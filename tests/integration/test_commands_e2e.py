@@ -84,6 +84,12 @@ def test_ping_and_stats_with_the_fleet_key_and_refusal_with_another(
         stats = json.loads(out)["result"]
         assert stats["device"] == "dev-01"
         assert stats["link"]["connected"] is True
+        table = runner.invoke(
+            app, ["device", "stats", "dev-01", "--broker", broker.url, "--fleet", "demo", "--key", str(key)]
+        )
+        assert table.exit_code == 0, table.output
+        assert "link" in table.output
+        assert "connected" in table.output
         code, out = call(broker, rogue, "dev-01", "ping")
         assert code == 1
         assert json.loads(out)["error"]["reason"] == "unknown-key"
