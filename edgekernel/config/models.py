@@ -18,6 +18,7 @@ from pydantic import (
 
 from edgekernel.config.base import FilePath, Id, Model, Seconds
 from edgekernel.config.kernel import KernelConfig
+from edgekernel.config.outbox import OutboxConfig
 from edgekernel.protocol.codec import DEFAULT_MAX_PAYLOAD, Encoding
 
 
@@ -144,6 +145,7 @@ class DeviceConfig(Model):
     reported_interval_s: Seconds = 30.0
     sensors: list[SensorConfig] = []
     kernel: KernelConfig = KernelConfig()
+    outbox: OutboxConfig = OutboxConfig()
     fleet_keys: list[FilePath] = Field(
         default_factory=list, description="the fleet's public keys (PEM): commands signed by them are run"
     )

@@ -45,3 +45,8 @@ class OutboxConfig(Model):
         description="unsent messages kept in memory for the sender; beyond this they are read back "
         "from the file",
     )
+    resend_after_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = Field(
+        5.0,
+        description="send the unacknowledged messages again when no acknowledgement has come for this "
+        "long (a broker that lost its sessions drops what it gets before the gateway is back)",
+    )

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from dataclasses import asdict
+from typing import Any
 
 from pydantic import JsonValue
 
@@ -23,7 +26,7 @@ from edgekernel.device.logsink import MqttLogHandler
 from edgekernel.device.models.runtime import FloatArray
 from edgekernel.device.state import DeviceState
 from edgekernel.device.telemetry import SensorStream
-from edgekernel.link import Message, MqttSession, Outgoing
+from edgekernel.link import Message, MqttSession, Outbox, OutboxFullError, Outgoing
 from edgekernel.protocol import (
     CONTENT_TYPES,
     DEFAULT_MAX_PAYLOAD,
@@ -40,6 +43,7 @@ from edgekernel.protocol import (
     inbound,
     topics,
 )
+from edgekernel.protocol.bodies import AckBody
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +76,11 @@ class Kernel:
         )
         self.streams: list[SensorStream] = []
         self.inference = Inference(config.kernel, cache_dir=config.data_dir / "model-cache")
+        self.outbox = Outbox(config.data_dir / "outbox.db", config.outbox, after_seq=self.state.last_seq)
         self.commands = Commands(self.device, self.session, keys=config.fleet_keys, encoding=config.encoding)
         self.commands.register("ping", self._ping)
         self.commands.register("stats", self._stats)
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
 
     # -- status, birth and will -------------------------------------------------------------
 
@@ -109,6 +114,7 @@ class Kernel:
             logging.getLogger().removeHandler(log_handler)
 
     async def _run(self, stop: asyncio.Event) -> None:
+        await self.outbox.start()
         await asyncio.to_thread(self.inference.start)
         async with asyncio.TaskGroup() as tasks:
             self.session.start()
@@ -116,13 +122,16 @@ class Kernel:
                 tasks.create_task(self._report_loop(), name="reported"),
                 tasks.create_task(self._inbox_loop(), name="inbox"),
                 tasks.create_task(self._run_sensors(), name="sensors"),
+                tasks.create_task(self._send_loop(), name="outbox"),
+                tasks.create_task(self._resend_loop(), name="resend"),
             ]
             await stop.wait()
             for worker in workers:
                 worker.cancel()
         for stream in self.streams:
-            await stream.flush()
+            await stream.flush()  # committed to the outbox: sent after the next start if not now
         await self.session.close(last=self._status(online=False))
+        await self.outbox.close()
         await asyncio.to_thread(self.inference.stop)
         self.state.close()
         log.info("%s stopped: %s", self.device, dict(self.counters))
@@ -209,17 +218,67 @@ class Kernel:
         )
 
     async def _emit(self, sensor: SensorConfig, body: TelemetryBody) -> None:
-        envelope = body.to_envelope(self.device, seq=self.state.next_seq())
-        self._watch(
-            self.session.publish_nowait(
-                topics.telemetry(self.fleet, self.device, sensor.stream),
-                encode(envelope, self.config.encoding),
-                qos=0 if sensor.best_effort else 1,
-                content_type=self._content_type,
+        """A durable stream's batch is committed to the outbox (the sender publishes it); a best-effort
+        one takes a seq from the same space and goes out at QoS 0, or not at all while offline."""
+        topic = topics.telemetry(self.fleet, self.device, sensor.stream)
+
+        def payload(seq: int) -> bytes:
+            return encode(body.to_envelope(self.device, seq=seq), self.config.encoding)
+
+        if sensor.best_effort:
+            seq = await self.outbox.reserve()
+            self._watch(
+                self.session.publish_nowait(topic, payload(seq), qos=0, content_type=self._content_type)
             )
-        )
+        else:
+            try:
+                await self.outbox.put(topic, payload, stream=sensor.stream)
+            except OutboxFullError as err:  # drop-newest, or block past its timeout: counted, not fatal
+                self.counters["outbox_refused"] += 1
+                log.warning("%s", err)
+                return
         self.counters["telemetry_sent"] += 1
         self.counters["samples_sent"] += len(body.samples)
+
+    async def _resend_loop(self) -> None:
+        """While the oldest unacknowledged message is older than resend_after_s, send everything
+        unacknowledged again, at most once per resend_after_s (the gateway drops duplicates)."""
+        wait = self.config.outbox.resend_after_s
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, wait / 2))
+            stats = self.outbox.stats()
+            now = time.monotonic()
+            if (
+                self.session.connected
+                and stats.in_flight > 0
+                and stats.oldest_age_s is not None
+                and stats.oldest_age_s >= wait
+                and now - last >= wait
+            ):
+                self.counters["outbox_resends"] += 1
+                self.outbox.rewind()
+                last = now
+
+    async def _send_loop(self) -> None:
+        """Publish what the outbox holds, in seq order, while connected; after every reconnect start
+        again from the oldest message the gateway has not acknowledged (a broker that was killed may
+        have lost what it had acknowledged)."""
+        seen_connects: int | None = None
+        async for message in self.outbox.messages():
+            await self.session.wait_connected()
+            connects = self.session.stats.connects
+            if seen_connects is not None and connects != seen_connects:
+                seen_connects = connects
+                self.counters["outbox_rewinds"] += 1
+                self.outbox.rewind()
+                continue
+            seen_connects = connects
+            self._watch(
+                self.session.publish_nowait(
+                    message.topic, message.payload, qos=1, content_type=self._content_type
+                )
+            )
 
     def _publish_log(self, payload: bytes) -> None:
         if not self.session.connected:
@@ -263,10 +322,27 @@ class Kernel:
             generation = envelope.body.get("generation")
             if isinstance(generation, int) and generation >= 0:
                 self.desired_generation = generation
+        elif topic.kind is TopicKind.ACK:
+            try:
+                ranges = AckBody.from_envelope(envelope).ranges
+            except ProtocolError as err:
+                self.counters[f"rejected:{err.reason}"] += 1
+                log.warning("refused ack: %s", err)
+                return
+            self._spawn(self.outbox.ack([(first, last) for first, last in ranges]))
         elif topic.kind is TopicKind.CMD:
-            task = asyncio.get_running_loop().create_task(self.commands.handle(message, envelope))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self.commands.handle(message, envelope))
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.counters["background_failed"] += 1
+            log.error("%s", task.exception())
 
     async def _ping(self, command: VerifiedCommand) -> JsonValue:
         return ping_result(command)
@@ -277,7 +353,7 @@ class Kernel:
         return {
             "device": self.device,
             "boot": self.state.boot,
-            "last_seq": self.state.last_seq,
+            "outbox": _plain(asdict(self.outbox.stats())),
             "counters": dict(self.counters),
             "commands": dict(self.commands.counters),
             "link": {
@@ -292,3 +368,15 @@ class Kernel:
             "models": [state.model_dump(mode="json") for state in self._model_states()],
             "inference": self._inference_summary().model_dump(mode="json"),
         }
+
+
+def _plain(value: object) -> JsonValue:
+    """A dataclass dump as JSON values (seq ranges become lists of pairs)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    ranges = getattr(value, "ranges", None)
+    return [list(r) for r in ranges] if ranges is not None else str(value)

@@ -43,6 +43,7 @@ from edgekernel.link.outbox_store import (
     OutboxMessage,
     Outcome,
     PutJob,
+    ReserveJob,
     serve,
     settle,
 )
@@ -192,6 +193,15 @@ class Outbox:
         job = self._admit(topic, payload, stream) if not self._waiters else None
         if not isinstance(job, PutJob):
             job = await self._wait_for_room(topic, payload, stream)
+        self._jobs.put(job)
+        return await job.future
+
+    async def reserve(self) -> int:
+        """A seq for a message that does not go through the outbox (a best-effort stream), committed
+        as the high-water mark so it is never given again, even after a crash."""
+        self._check_open()
+        job = ReserveJob(self._next_seq, self._new_future())
+        self._next_seq += 1
         self._jobs.put(job)
         return await job.future
 
@@ -390,6 +400,8 @@ class Outbox:
         self._wake()
 
     def _apply_job(self, job: Job, result: object) -> object:
+        if isinstance(job, ReserveJob):
+            return job.seq
         if isinstance(job, PutJob):
             self._reserved -= job.size
             self._c.committed += 1

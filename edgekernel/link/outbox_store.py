@@ -76,7 +76,15 @@ class FetchJob:
     future: asyncio.Future[None]
 
 
-Job = PutJob | AckJob | FetchJob
+@dataclass(slots=True, eq=False)
+class ReserveJob:
+    """A seq for a message that is not kept (a best-effort stream): only the high-water mark moves."""
+
+    seq: int
+    future: asyncio.Future[int]
+
+
+Job = PutJob | AckJob | FetchJob | ReserveJob
 
 
 class Close:
@@ -211,6 +219,10 @@ class OutboxFile:
                     self.oldest = job.created
                 self.count += 1
                 self.bytes += job.size
+                self.hwm = max(self.hwm, job.seq)
+                outcome.results.append(job.seq)
+                continue
+            if isinstance(job, ReserveJob):
                 self.hwm = max(self.hwm, job.seq)
                 outcome.results.append(job.seq)
                 continue

@@ -718,3 +718,17 @@ async def _play(path: Path, policy: str, ops: list[tuple[Any, ...]]) -> None:
 def test_pending_set_always_equals_a_simple_model(policy: str, ops: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(_play(Path(tmp) / "outbox.db", policy, ops))
+
+
+def test_reserve_takes_a_seq_in_the_same_space_and_keeps_no_row(path: Path) -> None:
+    async def main() -> tuple[list[int], list[int], int]:
+        async with Outbox(path, cfg()) as outbox:
+            seqs = [await outbox.put("t", b"a"), await outbox.reserve(), await outbox.put("t", b"b")]
+            kept = [m.seq for m in await everything(outbox)]
+        async with Outbox(path, cfg()) as outbox:
+            return seqs, kept, await outbox.reserve()
+
+    seqs, kept, after = run(main)
+    assert seqs == [1, 2, 3]
+    assert kept == [1, 3]
+    assert after == 4  # the reserved seq was committed as the high-water mark
