@@ -1,7 +1,7 @@
-"""The device's durable counters: per-device `seq` and the boot id survive restarts.
+"""The device's durable counters: the boot id survives restarts (the seq lives in the outbox).
 
 A small SQLite (WAL) file in the device's data_dir. The boot id is taken from paho's thread (before
-each connect) and seqs from the asyncio loop, so every call holds a lock.
+each connect) and read from the asyncio loop, so every call holds a lock.
 """
 
 from __future__ import annotations
@@ -51,12 +51,9 @@ class DeviceState:
                 raise StateError(f"cannot write device state {self.path}: {err}") from err
             return int(row[0]) - by + 1
 
-    def next_seq(self) -> int:
-        """The next per-device sequence number, committed before it is handed out (starts at 1)."""
-        return self._advance("seq", 1)
-
     @property
     def last_seq(self) -> int:
+        """The seq counter kept here before the outbox held it: the outbox starts above it."""
         with self._lock:
             return self._get("seq")
 
