@@ -26,10 +26,11 @@ from edgekernel.device.logsink import MqttLogHandler
 from edgekernel.device.models.runtime import FloatArray
 from edgekernel.device.state import DeviceState
 from edgekernel.device.telemetry import SensorStream
-from edgekernel.link import Message, MqttSession, Outbox, OutboxFullError, Outgoing
+from edgekernel.link import Message, MqttSession, Outbox, OutboxError, OutboxFullError, Outgoing
 from edgekernel.protocol import (
     CONTENT_TYPES,
     DEFAULT_MAX_PAYLOAD,
+    BacklogSummary,
     Capabilities,
     InferenceSummary,
     ModelState,
@@ -163,6 +164,7 @@ class Kernel:
             config_generation=self.desired_generation,
             models=self._model_states(),
             inference=self._inference_summary(),
+            backlog=self._backlog(),
         )
         envelope = body.to_envelope(self.device)
         self._watch(
@@ -204,6 +206,18 @@ class Kernel:
                 )
             )
         return states
+
+    def _backlog(self) -> BacklogSummary | None:
+        try:
+            stats = self.outbox.stats()
+        except OutboxError:
+            return None
+        return BacklogSummary(
+            pending=stats.pending,
+            pending_bytes=stats.pending_bytes,
+            oldest_age_s=round(max(0.0, stats.oldest_age_s), 3),
+            dropped=stats.dropped_oldest + stats.dropped_newest,
+        )
 
     def _inference_summary(self) -> InferenceSummary:
         stats = self.inference.scheduler.stats()

@@ -2,6 +2,7 @@
 
 from edgekernel.protocol import topics
 from edgekernel.protocol.bodies import (
+    BacklogSummary,
     Capabilities,
     InferenceSummary,
     ModelState,
@@ -38,6 +39,7 @@ __all__ = [
     "CONTENT_TYPES",
     "DEFAULT_MAX_PAYLOAD",
     "SCHEMA_VERSION",
+    "BacklogSummary",
     "Capabilities",
     "CommandBody",
     "CommandVerifier",

@@ -105,6 +105,16 @@ class InferenceSummary(BaseModel):
     mean_batch: Annotated[float, Field(ge=0)] = 0.0
 
 
+class BacklogSummary(BaseModel):
+    """The device's outbox: what waits for the gateway's acknowledgement, and what was dropped."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+    pending: Annotated[int, Field(ge=0)] = 0
+    pending_bytes: Annotated[int, Field(ge=0)] = 0
+    oldest_age_s: Annotated[float, Field(ge=0)] = 0.0
+    dropped: Annotated[int, Field(ge=0)] = 0
+
+
 class ReportedBody(_Body):
     """What a device says about itself: capabilities, free resources, config generation."""
 
@@ -118,6 +128,7 @@ class ReportedBody(_Body):
     config_generation: Annotated[int, Field(ge=0)] = 0
     models: list[ModelState] = []
     inference: InferenceSummary | None = None
+    backlog: BacklogSummary | None = None
 
 
 MAX_ACK_RANGES = 4096

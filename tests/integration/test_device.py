@@ -218,6 +218,8 @@ def test_kernel_serves_its_models_and_reports_them(broker: Mosquitto, tmp_path: 
         )
         assert body.inference is not None
         assert body.inference.completed == 1
+        assert body.backlog is not None
+        assert body.backlog.dropped == 0
         stop.set()
         await task
 
