@@ -48,7 +48,8 @@ class Program:
                 self.proc.wait()
 
 
-def device(tmp: Path, name: str, broker_url: str, *, rate_hz: float = 200) -> Program:
+def device(tmp: Path, name: str, broker_url: str, *, rate_hz: float = 200, batch: int = 10) -> Program:
+    """A device process; with `batch` 1 each sample is its own message (rate_hz messages a second)."""
     config = tmp / f"{name}.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -63,7 +64,7 @@ def device(tmp: Path, name: str, broker_url: str, *, rate_hz: float = 200) -> Pr
                     {
                         "stream": "vibration",
                         "rate_hz": rate_hz,
-                        "batch": {"max_samples": 10, "max_wait_ms": 100},
+                        "batch": {"max_samples": batch, "max_wait_ms": 100},
                     }
                 ],
             }
@@ -87,6 +88,13 @@ def gateway(tmp: Path, broker_url: str) -> Program:
     )
     argv = [sys.executable, "-m", "edgekernel", "gateway", "run", "--config", str(config)]
     return Program("gw-1", argv, tmp / "gw-1.log")
+
+
+def highest_stored(tmp: Path) -> dict[str, int]:
+    if not (tmp / "store.db").exists():
+        return {}
+    with sqlite3.connect(tmp / "store.db", timeout=5) as db:
+        return {d: int(n) for d, n in db.execute("SELECT device, count(*) FROM messages GROUP BY device")}
 
 
 def stored(tmp: Path, device_name: str) -> list[tuple[int, float]]:

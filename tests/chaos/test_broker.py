@@ -1,0 +1,78 @@
+"""Fault tests on the broker: killed mid-stream, and down for a minute, with real device processes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from edgekernel.link import Mosquitto
+
+from .harness import check_exactly_once, device, gateway, highest_stored
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+
+def wait_stored(tmp: Path, names: list[str], at_least: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = highest_stored(tmp)
+        if all(counts.get(name, 0) >= at_least for name in names):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"stored {highest_stored(tmp)} after {timeout}s, wanted {at_least} each")
+
+
+def test_broker_sigkill_in_a_20000_message_stream_from_5_devices(
+    persistent_broker: Mosquitto, tmp_path: Path
+) -> None:
+    broker = persistent_broker
+    gw = gateway(tmp_path, broker.url)
+    names = [f"dev-{i}" for i in range(1, 6)]
+    devices = [device(tmp_path, name, broker.url, rate_hz=100, batch=1) for name in names]
+    gw.start()
+    for dev in devices:
+        dev.start()
+    try:
+        wait_stored(tmp_path, names, 1500, timeout=90)
+        broker.kill()
+        time.sleep(1.0)
+        broker.start()
+        wait_stored(tmp_path, names, 4000, timeout=120)
+        for dev in devices:
+            dev.stop()
+        time.sleep(1.0)
+    finally:
+        for dev in devices:
+            dev.stop()
+        gw.stop()
+    total = sum(check_exactly_once(tmp_path, name) for name in names)
+    assert total >= 20_000
+
+
+def test_broker_down_for_a_minute_while_devices_publish_200_messages_a_second(
+    persistent_broker: Mosquitto, tmp_path: Path
+) -> None:
+    broker = persistent_broker
+    gw = gateway(tmp_path, broker.url)
+    names = ["dev-1", "dev-2"]
+    devices = [device(tmp_path, name, broker.url, rate_hz=200, batch=1) for name in names]
+    gw.start()
+    for dev in devices:
+        dev.start()
+    try:
+        wait_stored(tmp_path, names, 200, timeout=60)
+        broker.stop()
+        time.sleep(60)
+        broker.start()
+        wait_stored(tmp_path, names, 13_000, timeout=180)  # everything from before, during and after
+        for dev in devices:
+            dev.stop()
+        time.sleep(1.0)
+    finally:
+        for dev in devices:
+            dev.stop()
+        gw.stop()
+    for name in names:
+        assert check_exactly_once(tmp_path, name) >= 13_000
