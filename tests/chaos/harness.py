@@ -7,6 +7,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +91,24 @@ def gateway(tmp: Path, broker_url: str) -> Program:
     )
     argv = [sys.executable, "-m", "edgekernel", "gateway", "run", "--config", str(config)]
     return Program("gw-1", argv, tmp / "gw-1.log")
+
+
+@contextmanager
+def running(gw: Program, devices: list[Program]) -> Iterator[None]:
+    """The gateway and the devices run inside the block; at its end the devices stop first (their
+    outboxes keep what was not acknowledged), then the gateway, after a moment to store what came."""
+    gw.start()
+    for dev in devices:
+        dev.start()
+    try:
+        yield
+        for dev in devices:
+            dev.stop()
+        time.sleep(1.0)
+    finally:
+        for dev in devices:
+            dev.stop()
+        gw.stop()
 
 
 def highest_stored(tmp: Path) -> dict[str, int]:

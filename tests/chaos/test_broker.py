@@ -9,7 +9,7 @@ import pytest
 
 from edgekernel.link import Mosquitto
 
-from .harness import check_exactly_once, device, gateway, highest_stored
+from .harness import check_exactly_once, device, gateway, highest_stored, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -31,22 +31,12 @@ def test_broker_sigkill_in_a_20000_message_stream_from_5_devices(
     gw = gateway(tmp_path, broker.url)
     names = [f"dev-{i}" for i in range(1, 6)]
     devices = [device(tmp_path, name, broker.url, rate_hz=100, batch=1) for name in names]
-    gw.start()
-    for dev in devices:
-        dev.start()
-    try:
+    with running(gw, devices):
         wait_stored(tmp_path, names, 1500, timeout=90)
         broker.kill()
         time.sleep(1.0)
         broker.start()
         wait_stored(tmp_path, names, 4000, timeout=120)
-        for dev in devices:
-            dev.stop()
-        time.sleep(1.0)
-    finally:
-        for dev in devices:
-            dev.stop()
-        gw.stop()
     total = sum(check_exactly_once(tmp_path, name) for name in names)
     assert total >= 20_000
 
@@ -58,21 +48,11 @@ def test_broker_down_for_a_minute_while_devices_publish_200_messages_a_second(
     gw = gateway(tmp_path, broker.url)
     names = ["dev-1", "dev-2"]
     devices = [device(tmp_path, name, broker.url, rate_hz=200, batch=1) for name in names]
-    gw.start()
-    for dev in devices:
-        dev.start()
-    try:
+    with running(gw, devices):
         wait_stored(tmp_path, names, 200, timeout=60)
         broker.stop()
         time.sleep(60)
         broker.start()
         wait_stored(tmp_path, names, 13_000, timeout=180)  # everything from before, during and after
-        for dev in devices:
-            dev.stop()
-        time.sleep(1.0)
-    finally:
-        for dev in devices:
-            dev.stop()
-        gw.stop()
     for name in names:
         assert check_exactly_once(tmp_path, name) >= 13_000

@@ -10,7 +10,7 @@ import pytest
 
 from edgekernel.link import Mosquitto
 
-from .harness import check_exactly_once, device, gateway
+from .harness import check_exactly_once, device, gateway, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -42,21 +42,11 @@ def test_a_gateway_killed_and_restarted_loses_nothing_and_stores_nothing_twice(
 ) -> None:
     gw = gateway(tmp_path, persistent_broker.url)
     devices = [device(tmp_path, f"dev-{i}", persistent_broker.url) for i in (1, 2)]
-    gw.start()
-    for dev in devices:
-        dev.start()
-    try:
+    with running(gw, devices):
         time.sleep(4.0)
         gw.kill()
         time.sleep(1.5)
         gw.start()
         time.sleep(5.0)
-        for dev in devices:
-            dev.stop()
-        time.sleep(1.0)
-    finally:
-        for dev in devices:
-            dev.stop()
-        gw.stop()
     for dev in devices:
         assert check_exactly_once(tmp_path, dev.name) > 50
