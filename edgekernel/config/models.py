@@ -106,6 +106,54 @@ def parse_broker_url(url: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, port
 
 
+Port = Annotated[int, Field(ge=0, le=65535, description="UDP port; 0 picks a free one")]
+
+
+class CoapServerConfig(Model):
+    """Where a program serves CoAP (UDP)."""
+
+    host: str = Field("::", description="address to bind; :: takes every IPv4 and IPv6 address")
+    port: Port = 5683
+
+
+class DeviceCoapConfig(CoapServerConfig):
+    """The device's CoAP server (/.well-known/core, /health, /telemetry/{stream}, /infer/{model}) and,
+    with `gateway_url`, the CoAP-only mode: envelopes go to the gateway's /ingest instead of the broker."""
+
+    serve: bool = Field(True, description="serve the device's own resources")
+    gateway_url: str | None = Field(
+        None, description="coap://HOST:PORT of the gateway; set, the device uses CoAP only (no broker)"
+    )
+    window: Annotated[int, Field(ge=1, le=256)] = Field(16, description="posts awaiting an answer at once")
+    timeout_s: Seconds = Field(10.0, description="a post unanswered this long counts the gateway as gone")
+    reconnect: ReconnectConfig = ReconnectConfig()
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _check_gateway(cls, url: str | None) -> str | None:
+        if url is not None:
+            parse_coap_url(url)
+        return url
+
+
+def parse_coap_url(url: str) -> tuple[str, int]:
+    """``coap://host[:port]`` → (host, port)."""
+    parts = urlsplit(url)
+    if parts.scheme != "coap":
+        raise ValueError(f"gateway url {url!r} must start with coap:// (coaps is not supported)")
+    if not parts.hostname:
+        raise ValueError(f"gateway url {url!r} has no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"gateway url {url!r} may only hold scheme, host and port")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"gateway url {url!r} has a bad port") from None
+    if port == 0:
+        raise ValueError(f"gateway url {url!r} has a bad port")
+    return parts.hostname, 5683 if port is None else port
+
+
 class BatchConfig(Model):
     """Samples are packed into one envelope until either limit is reached."""
 
@@ -149,6 +197,11 @@ class DeviceConfig(Model):
     fleet_keys: list[FilePath] = Field(
         default_factory=list, description="the fleet's public keys (PEM): commands signed by them are run"
     )
+    coap: DeviceCoapConfig | None = Field(None, description="CoAP server, and the CoAP-only mode")
+
+    @property
+    def coap_only(self) -> bool:
+        return self.coap is not None and self.coap.gateway_url is not None
 
     @field_validator("sensors")
     @classmethod
@@ -174,6 +227,7 @@ class GatewayConfig(Model):
     store: StoreConfig
     share_group: Id | None = Field(None, description="join $share/{group}/… to split load")
     max_payload_bytes: Annotated[int, Field(ge=256, le=256 * 1024 * 1024)] = DEFAULT_MAX_PAYLOAD
+    coap: CoapServerConfig | None = Field(None, description="serve POST /ingest for CoAP-only devices")
 
 
 class FleetConfig(Model):

@@ -1,8 +1,13 @@
 """The device kernel: owns the link to the broker, the device state and the sensor streams.
 
 It announces the device (retained ``status`` as birth, Last Will for offline), reports what the box
-can do on ``reported``, publishes telemetry, and refuses bad input on its own topics with a counted
-reason. Models, the inference scheduler and agents join it in later subsystems.
+can do on ``reported``, sends telemetry through its durable outbox, runs inference through the
+scheduler, answers signed commands, and refuses bad input on its own topics with a counted reason.
+
+With ``coap`` in its config it also serves its CoAP resources (``/health``, observable
+``/telemetry/{stream}``, ``POST /infer/{model}``); with ``coap.gateway_url`` it talks to no broker at
+all and posts its envelopes to the gateway's CoAP ``/ingest`` instead, through the same outbox and
+acknowledgement (commands need MQTT).
 """
 
 from __future__ import annotations
@@ -23,15 +28,25 @@ from edgekernel.device import capabilities
 from edgekernel.device.commands import Commands, ping_result
 from edgekernel.device.inference import Inference
 from edgekernel.device.logsink import MqttLogHandler
-from edgekernel.device.models.runtime import FloatArray
+from edgekernel.device.models.manager import UnknownModelError
+from edgekernel.device.models.runtime import FloatArray, InferenceError, ModelError
+from edgekernel.device.scheduler.errors import (
+    DeadlineError,
+    OverloadError,
+    QuotaError,
+    SchedulerClosedError,
+)
 from edgekernel.device.state import DeviceState
 from edgekernel.device.telemetry import SensorStream
 from edgekernel.link import Message, MqttSession, Outbox, OutboxError, OutboxFullError, Outgoing
+from edgekernel.link.coap import CoapBadRequest, CoapNotFound, CoapServer, CoapUnavailable, CoapUplink, Health
 from edgekernel.protocol import (
     CONTENT_TYPES,
     DEFAULT_MAX_PAYLOAD,
     BacklogSummary,
     Capabilities,
+    Encoding,
+    Envelope,
     InferenceSummary,
     ModelState,
     ProtocolError,
@@ -63,24 +78,50 @@ class Kernel:
         self.desired_generation = 0
         self._content_type = CONTENT_TYPES[config.encoding]
         self._capabilities: Capabilities | None = None
-        self.session = MqttSession(
-            config.broker,
-            client_id=f"ek-{self.fleet}-{self.device}",
-            subscriptions=[
-                (topics.desired(self.fleet, self.device), 1),
-                (topics.ack(self.fleet, self.device), 1),
-                (topics.subscription(self.fleet, TopicKind.CMD, device=self.device), 1),
-            ],
-            will=self._will,
-            birth=self._birth,
-            max_packet_bytes=MAX_PACKET_BYTES,
-        )
+        self.session: MqttSession | CoapUplink
+        self.commands: Commands | None = None
+        coap = config.coap
+        if coap is not None and coap.gateway_url is not None:
+            self.session = CoapUplink(
+                coap.gateway_url,
+                encoding=config.encoding,
+                on_ack=self._acked,
+                window=coap.window,
+                timeout_s=coap.timeout_s,
+                reconnect=coap.reconnect,
+            )
+        else:
+            self.session = MqttSession(
+                config.broker,
+                client_id=f"ek-{self.fleet}-{self.device}",
+                subscriptions=[
+                    (topics.desired(self.fleet, self.device), 1),
+                    (topics.ack(self.fleet, self.device), 1),
+                    (topics.subscription(self.fleet, TopicKind.CMD, device=self.device), 1),
+                ],
+                will=self._will,
+                birth=self._birth,
+                max_packet_bytes=MAX_PACKET_BYTES,
+            )
+            self.commands = Commands(
+                self.device, self.session, keys=config.fleet_keys, encoding=config.encoding
+            )
+            self.commands.register("ping", self._ping)
+            self.commands.register("stats", self._stats)
+        self.coap: CoapServer | None = None
+        if coap is not None and coap.serve:
+            self.coap = CoapServer(
+                coap.host,
+                coap.port,
+                health=self._health,
+                infer=self._coap_infer,
+                models=lambda: [spec.name for spec in config.kernel.models],
+                streams=[sensor.stream for sensor in config.sensors],
+                encoding=Encoding.CBOR,
+            )
         self.streams: list[SensorStream] = []
         self.inference = Inference(config.kernel, cache_dir=config.data_dir / "model-cache")
         self.outbox = Outbox(config.data_dir / "outbox.db", config.outbox, after_seq=self.state.last_seq)
-        self.commands = Commands(self.device, self.session, keys=config.fleet_keys, encoding=config.encoding)
-        self.commands.register("ping", self._ping)
-        self.commands.register("stats", self._stats)
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- status, birth and will -------------------------------------------------------------
@@ -117,6 +158,20 @@ class Kernel:
     async def _run(self, stop: asyncio.Event) -> None:
         await self.outbox.start()
         await asyncio.to_thread(self.inference.start)
+        if self.coap is not None:
+            await self.coap.__aenter__()
+            log.info("%s serves CoAP on %s", self.device, self.coap.url)
+        try:
+            await self._run_tasks(stop)
+        finally:
+            if self.coap is not None:
+                await self.coap.__aexit__(None, None, None)
+        await self.outbox.close()
+        await asyncio.to_thread(self.inference.stop)
+        self.state.close()
+        log.info("%s stopped: %s", self.device, dict(self.counters))
+
+    async def _run_tasks(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tasks:
             self.session.start()
             workers = [
@@ -132,10 +187,6 @@ class Kernel:
         for stream in self.streams:
             await stream.flush()  # committed to the outbox: sent after the next start if not now
         await self.session.close(last=self._status(online=False))
-        await self.outbox.close()
-        await asyncio.to_thread(self.inference.stop)
-        self.state.close()
-        log.info("%s stopped: %s", self.device, dict(self.counters))
 
     async def _run_sensors(self) -> None:
         """Sensors start with the first connection, so a best-effort stream loses nothing at boot."""
@@ -146,9 +197,14 @@ class Kernel:
                 tasks.create_task(stream.run(), name=f"sensor:{stream.config.stream}")
 
     async def _report_loop(self) -> None:
-        """Report on every connection and every reported_interval_s while connected."""
+        """Report on every connection and every reported_interval_s while connected. Over CoAP, which
+        has no birth message, the status goes first on every new connection."""
+        announced = 0
         while True:
             await self.session.wait_connected()
+            if isinstance(self.session, CoapUplink) and self.session.stats.connects != announced:
+                announced = self.session.stats.connects
+                self._watch(self.session.publish_message(self._status(online=True)))
             self.publish_reported()
             await asyncio.sleep(self.config.reported_interval_s)
 
@@ -235,9 +291,12 @@ class Kernel:
         """A durable stream's batch is committed to the outbox (the sender publishes it); a best-effort
         one takes a seq from the same space and goes out at QoS 0, or not at all while offline."""
         topic = topics.telemetry(self.fleet, self.device, sensor.stream)
+        made: list[Envelope] = []
 
         def payload(seq: int) -> bytes:
-            return encode(body.to_envelope(self.device, seq=seq), self.config.encoding)
+            envelope = body.to_envelope(self.device, seq=seq)
+            made.append(envelope)
+            return encode(envelope, self.config.encoding)
 
         if sensor.best_effort:
             seq = await self.outbox.reserve()
@@ -253,6 +312,8 @@ class Kernel:
                 return
         self.counters["telemetry_sent"] += 1
         self.counters["samples_sent"] += len(body.samples)
+        if self.coap is not None and made:
+            self.coap.publish(sensor.stream, made[-1])
 
     async def _resend_loop(self) -> None:
         """While the oldest unacknowledged message is older than resend_after_s, send everything
@@ -344,8 +405,35 @@ class Kernel:
                 log.warning("refused ack: %s", err)
                 return
             self._spawn(self.outbox.ack([(first, last) for first, last in ranges]))
-        elif topic.kind is TopicKind.CMD:
+        elif topic.kind is TopicKind.CMD and self.commands is not None:
             self._spawn(self.commands.handle(message, envelope))
+
+    def _acked(self, ack: AckBody) -> None:
+        """The gateway's answer to a CoAP post: the seq ranges it holds."""
+        self.counters["received:ack"] += 1
+        self._spawn(self.outbox.ack([(first, last) for first, last in ack.ranges]))
+
+    # -- CoAP -------------------------------------------------------------------------------
+
+    def _health(self) -> Health:
+        backlog = self._backlog()
+        counters = {f"kernel.{key}": value for key, value in self.counters.items()}
+        if backlog is not None:
+            counters["outbox.pending"] = backlog.pending
+            counters["outbox.dropped"] = backlog.dropped
+        counters["link.connected"] = int(self.session.connected)
+        return Health(status="ok" if self.session.connected else "offline", counters=counters)
+
+    async def _coap_infer(self, model: str, inputs: list[FloatArray]) -> list[FloatArray]:
+        """``POST /infer/{model}`` as the agent "coap"; the scheduler's refusals become CoAP codes."""
+        try:
+            return await self.infer("coap", model, inputs)
+        except UnknownModelError as err:
+            raise CoapNotFound(str(err)) from err
+        except (OverloadError, QuotaError, DeadlineError, SchedulerClosedError) as err:
+            raise CoapUnavailable(str(err)) from err
+        except (InferenceError, ModelError) as err:
+            raise CoapBadRequest(str(err)) from err
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -369,7 +457,7 @@ class Kernel:
             "boot": self.state.boot,
             "outbox": _plain(asdict(self.outbox.stats())),
             "counters": dict(self.counters),
-            "commands": dict(self.commands.counters),
+            "commands": dict(self.commands.counters) if self.commands is not None else {},
             "link": {
                 "connected": self.session.connected,
                 "connects": session.connects,

@@ -4,6 +4,10 @@ Every message is parsed (topic), decoded (size limit first) and checked against 
 type, stream). What breaks the contract is refused with a reason: counted, logged and kept in the
 store's ``rejected`` table; nothing else is lost. Good telemetry goes to SQLite in batched
 transactions; duplicates by (device, seq) are dropped and counted.
+
+With ``coap`` in its config the gateway also serves ``POST /ingest`` for CoAP-only devices: an
+envelope posted there is checked the same way (its topic is implied by its type and sender), stored in
+the same batches, and answered once committed with the seq ranges the gateway holds.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from edgekernel.gateway.store import (
     encode_fields,
 )
 from edgekernel.link import Message, MqttSession
+from edgekernel.link.coap import CoapBadRequest, CoapServer, CoapUnavailable, Health
 from edgekernel.protocol import (
     CONTENT_TYPES,
     Encoding,
@@ -60,6 +65,18 @@ class Gateway:
         self._last_seen: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._closing = False
+        self._via_coap: set[tuple[str, int]] = set()
+        self._commits: list[asyncio.Future[None]] = []
+        self.coap: CoapServer | None = None
+        if config.coap is not None:
+            self.coap = CoapServer(
+                config.coap.host,
+                config.coap.port,
+                ingest=self._ingest_coap,
+                refused=self._refused_coap,
+                health=self._health,
+                max_payload=config.max_payload_bytes,
+            )
         everything = topics.fleet_subscription(self.fleet)
         subscriptions = [(everything, 1)]
         if config.share_group is not None:
@@ -72,11 +89,18 @@ class Gateway:
             config.broker,
             client_id=f"ek-{self.fleet}-gw-{config.gateway}",
             subscriptions=subscriptions,
+            # A member of a share group keeps no session: Mosquitto goes on handing a disconnected
+            # member with a session its share of the messages until that session expires, whereas
+            # without one the others get everything at once (devices resend what was in flight).
+            persistent=config.share_group is None,
             max_packet_bytes=max(4 * config.max_payload_bytes, MIN_PACKET_LIMIT),
         )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop`; then disconnect, store everything already received, and close the store."""
+        if self.coap is not None:
+            await self.coap.__aenter__()
+            log.info("gateway %s serves CoAP ingest on %s/ingest", self.config.gateway, self.coap.url)
         self.session.start()
         inbox = asyncio.create_task(self._inbox_loop(), name="inbox")
         flusher = asyncio.create_task(self._flush_loop(), name="flush")
@@ -88,6 +112,9 @@ class Gateway:
             self._closing = True
             self._wake.set()
             await flusher
+            self._settle_commits(CoapUnavailable("the gateway stopped before storing this envelope"))
+            if self.coap is not None:
+                await self.coap.__aexit__(None, None, None)
             self.store.close()
             log.info("gateway %s stopped: %s", self.config.gateway, dict(self.counters))
 
@@ -133,8 +160,11 @@ class Gateway:
         """Write what is pending in one transaction; on failure it stays pending for the next try."""
         telemetry, devices, rejected, seen = self._telemetry, self._devices, self._rejected, self._last_seen
         self._telemetry, self._devices, self._rejected, self._last_seen = [], [], [], {}
+        commits, via_coap = self._commits, self._via_coap
+        self._commits, self._via_coap = [], set()
         updates = devices + [DeviceUpdate(device, at) for device, at in seen.items()]
         if not (telemetry or updates or rejected):
+            self._settle(commits)
             return
         try:
             result = await asyncio.to_thread(self.store.write, telemetry, updates, rejected)
@@ -144,11 +174,28 @@ class Gateway:
             self._rejected = rejected + self._rejected
             for device, at in seen.items():
                 self._last_seen[device] = max(at, self._last_seen.get(device, at))
+            self._commits = commits + self._commits
+            self._via_coap |= via_coap
             raise
         self.counters["stored"] += result.stored
         self.counters["duplicates"] += result.duplicates
         self.counters["samples_stored"] += result.samples
-        self._acknowledge(telemetry)
+        self._settle(commits)
+        self._acknowledge([r for r in telemetry if (r.device, r.seq) not in via_coap])
+
+    @staticmethod
+    def _settle(commits: list[asyncio.Future[None]], error: Exception | None = None) -> None:
+        for commit in commits:
+            if commit.done():
+                continue
+            if error is None:
+                commit.set_result(None)
+            else:
+                commit.set_exception(error)
+
+    def _settle_commits(self, error: Exception) -> None:
+        commits, self._commits = self._commits, []
+        self._settle(commits, error)
 
     def _acknowledge(self, telemetry: list[TelemetryRecord]) -> None:
         """Tell each device which seqs are now held durably (stored now or before: duplicates too)."""
@@ -187,13 +234,13 @@ class Gateway:
                 self.counters["cleared"] += 1  # an empty retained message clears the topic
                 return
             received = inbound(topic, message.payload, max_size=self.config.max_payload_bytes)
-            self._accept(received.topic, received.envelope, message)
+            self._accept(received.topic, received.envelope, message.received_at)
         except ProtocolError as err:
             self._refuse(message, err)
             return
         self._wake.set()
 
-    def _accept(self, topic: Topic, envelope: Envelope, message: Message) -> None:
+    def _accept(self, topic: Topic, envelope: Envelope, received_at: float) -> None:
         if topic.kind is TopicKind.TELEMETRY:
             body = TelemetryBody.from_envelope(envelope)
             if body.stream != topic.name:
@@ -202,17 +249,15 @@ class Gateway:
                 raise ProtocolError("no-seq", "telemetry must carry a seq")
             samples = tuple((s.ts, *encode_fields(s.value)) for s in body.samples)
             self._telemetry.append(
-                TelemetryRecord(
-                    topic.device, body.stream, envelope.seq, envelope.ts, message.received_at, samples
-                )
+                TelemetryRecord(topic.device, body.stream, envelope.seq, envelope.ts, received_at, samples)
             )
-            self._seen(topic.device, message.received_at)
+            self._seen(topic.device, received_at)
         elif topic.kind is TopicKind.STATUS:
             status = StatusBody.from_envelope(envelope)
             self._devices.append(
                 DeviceUpdate(
                     topic.device,
-                    message.received_at,
+                    received_at,
                     online=status.online,
                     boot=status.boot,
                     status_ts=envelope.ts,
@@ -223,18 +268,54 @@ class Gateway:
             self._devices.append(
                 DeviceUpdate(
                     topic.device,
-                    message.received_at,
+                    received_at,
                     reported=reported.model_dump_json(),
                     reported_ts=envelope.ts,
                 )
             )
         else:
             self.counters["events"] += 1
-            self._seen(topic.device, message.received_at)
+            self._seen(topic.device, received_at)
         self.counters[f"accepted:{topic.kind.value}"] += 1
 
     def _seen(self, device: str, at: float) -> None:
         self._last_seen[device] = at
+
+    # -- CoAP ------------------------------------------------------------------------------
+
+    async def _ingest_coap(self, envelope: Envelope) -> AckBody | None:
+        """One envelope from a CoAP-only device (decoded and checked by the resource): queued like an
+        MQTT message, answered once its batch is committed."""
+        self.counters["received"] += 1
+        self.counters["received:coap"] += 1
+        if self._closing:
+            raise CoapUnavailable("the gateway is stopping")
+        try:
+            topic = _implied_topic(self.fleet, envelope)
+            if topic.kind is TopicKind.LOG:
+                self.counters["ignored"] += 1
+                return None
+            self._accept(topic, envelope, time.time())
+        except ProtocolError as err:  # the resource checked the envelope; these are the gateway's checks
+            self._refused_coap(b"", err)
+            raise CoapBadRequest(f"{err.reason}: {err}") from err
+        if topic.kind is TopicKind.TELEMETRY and envelope.seq is not None:
+            self._via_coap.add((topic.device, envelope.seq))
+        commit: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commits.append(commit)
+        self._wake.set()
+        await commit
+        return AckBody.of([envelope.seq]) if envelope.seq is not None else None
+
+    def _refused_coap(self, payload: bytes, err: ProtocolError) -> None:
+        self._refuse(Message(COAP_INGEST_TOPIC, payload, 1, False, received_at=time.time()), err)
+
+    def _health(self) -> Health:
+        keep = ("received", "stored", "duplicates", "rejected", "received:coap", "store_failures")
+        return Health(
+            status="ok" if not self.counters["store_failures"] else "degraded",
+            counters={f"gateway.{key}": self.counters[key] for key in keep},
+        )
 
     def _refuse(self, message: Message, err: ProtocolError) -> None:
         self.counters[f"rejected:{err.reason}"] += 1
@@ -244,3 +325,16 @@ class Gateway:
         )
         self._rejected.append(Rejected(message.topic, err.reason, str(err), message.payload, time.time()))
         self._wake.set()
+
+
+COAP_INGEST_TOPIC = "coap:/ingest"  # what the rejected table names as the topic of a refused CoAP post
+
+
+def _implied_topic(fleet: str, envelope: Envelope) -> Topic:
+    """The topic an envelope posted over CoAP would have had over MQTT."""
+    if envelope.type == "telemetry":
+        stream = envelope.body.get("stream")
+        return Topic(fleet, envelope.src, TopicKind.TELEMETRY, stream if isinstance(stream, str) else None)
+    if envelope.type == "event":
+        return Topic(fleet, envelope.src, TopicKind.EVENTS, "coap")
+    return Topic(fleet, envelope.src, TopicKind(envelope.type))

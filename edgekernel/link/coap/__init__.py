@@ -21,6 +21,7 @@ from edgekernel.link.coap.infer import FloatArray, InferHandler, parse_inputs
 from edgekernel.link.coap.ingest import IngestHandler, check_ingest
 from edgekernel.link.coap.resources import Health, HealthProvider
 from edgekernel.link.coap.server import CoapServer
+from edgekernel.link.coap.uplink import CoapUplink
 from edgekernel.link.errors import CoapError
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "CoapResponse",
     "CoapServer",
     "CoapUnavailable",
+    "CoapUplink",
     "FloatArray",
     "Health",
     "HealthProvider",

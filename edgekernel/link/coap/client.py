@@ -107,7 +107,13 @@ class CoapClient:
     ) -> AckBody | None:
         """Post to a gateway's ``/ingest``; return the seq ranges it now holds, or None if it sent none
         (for an envelope without a seq)."""
-        response = await self.post(uri, encode(envelope, encoding), content_format=encoding, timeout=timeout)
+        return await self.post_encoded(uri, encode(envelope, encoding), encoding, timeout=timeout)
+
+    async def post_encoded(
+        self, uri: str, payload: bytes, encoding: Encoding, *, timeout: float | None = None
+    ) -> AckBody | None:
+        """`post_envelope` for an envelope already encoded as `encoding`."""
+        response = await self.post(uri, payload, content_format=encoding, timeout=timeout)
         if not response.payload:
             return None
         try:

@@ -32,6 +32,7 @@ from edgekernel.protocol.bodies import AckBody
 from edgekernel.protocol.codec import detect
 
 IngestHandler = Callable[[Envelope], Awaitable[AckBody | None]]
+RefusedHandler = Callable[[bytes, ProtocolError], None]
 FROM_DEVICE: Final = frozenset({"status", "reported", "telemetry", "event", "log"})
 
 
@@ -55,9 +56,17 @@ class IngestResource(Resource):
     rt = "ek.ingest"
     ct = LINK_CT
 
-    def __init__(self, counters: Counter[str], max_payload: int, *, handler: IngestHandler) -> None:
+    def __init__(
+        self,
+        counters: Counter[str],
+        max_payload: int,
+        *,
+        handler: IngestHandler,
+        refused: RefusedHandler | None = None,
+    ) -> None:
         super().__init__(counters, max_payload)
         self.handler = handler
+        self.refused = refused
 
     async def render_post(self, request: Any) -> Any:
         encoding = request_encoding(request)
@@ -70,6 +79,8 @@ class IngestResource(Resource):
             check_ingest(envelope)
         except ProtocolError as err:
             self.counters[f"ingest-refused:{err.reason}"] += 1
+            if self.refused is not None:
+                self.refused(payload, err)
             raise CoapBadRequest(f"{err.reason}: {err}") from err
         ack = await self.handler(envelope)
         if ack is None:

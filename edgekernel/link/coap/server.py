@@ -14,7 +14,7 @@ from aiocoap import resource
 
 from edgekernel.link.coap._base import TRANSPORTS
 from edgekernel.link.coap.infer import InferHandler, InferSite
-from edgekernel.link.coap.ingest import IngestHandler, IngestResource
+from edgekernel.link.coap.ingest import IngestHandler, IngestResource, RefusedHandler
 from edgekernel.link.coap.resources import (
     HealthProvider,
     HealthResource,
@@ -29,7 +29,8 @@ from edgekernel.protocol.topics import check_id
 class CoapServer:
     """Serves ``/.well-known/core`` and ``/health`` always, ``/telemetry/{stream}`` for each stream
     published (or named in `streams`), ``POST /infer/{model}`` when given an `infer` handler (`models`
-    lists the names for ``/.well-known/core``), and ``POST /ingest`` when given an `ingest` handler.
+    lists the names for ``/.well-known/core``), and ``POST /ingest`` when given an `ingest` handler
+    (`refused` hears of each envelope it refuses).
 
     Port 0 binds a free port; `port` and `url` tell which. Requests over `max_payload` bytes are
     refused with 4.13 before any block is assembled. Responses use the request's Accept, else its
@@ -48,6 +49,7 @@ class CoapServer:
         infer: InferHandler | None = None,
         models: Callable[[], Iterable[str]] | None = None,
         ingest: IngestHandler | None = None,
+        refused: RefusedHandler | None = None,
         streams: Iterable[str] = (),
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         encoding: Encoding = Encoding.CBOR,
@@ -68,7 +70,8 @@ class CoapServer:
                 ["infer"], InferSite(self.counters, max_payload, handler=infer, models=models)
             )
         if ingest is not None:
-            self._site.add_resource(["ingest"], IngestResource(self.counters, max_payload, handler=ingest))
+            ingest_resource = IngestResource(self.counters, max_payload, handler=ingest, refused=refused)
+            self._site.add_resource(["ingest"], ingest_resource)
         for stream in streams:
             self._stream(stream)
 

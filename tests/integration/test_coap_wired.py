@@ -1,0 +1,222 @@
+"""CoAP in the programs: a device's own resources, and a CoAP-only device delivering through the gateway's
+``/ingest`` with the same outbox and acknowledgement as over MQTT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekernel.config import BrokerConfig, DeviceConfig, GatewayConfig, OutboxConfig
+from edgekernel.config.kernel import KernelConfig, ModelSpec
+from edgekernel.config.models import (
+    BatchConfig,
+    CoapServerConfig,
+    DeviceCoapConfig,
+    ReconnectConfig,
+    SensorConfig,
+    SimSignal,
+    StoreConfig,
+)
+from edgekernel.device.datasets import split
+from edgekernel.device.kernel import Kernel
+from edgekernel.gateway import Gateway
+from edgekernel.link import Mosquitto, free_port
+from edgekernel.link.coap import CoapBadRequest, CoapClient, CoapNotFound
+from edgekernel.protocol import Encoding, TelemetryBody
+
+from .helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+FLEET = "plant"
+FAST = ReconnectConfig(min_delay_s=0.1, max_delay_s=0.5)
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def vibration_model() -> ModelSpec:
+    manifest = {m["file"]: m for m in json.loads((MODELS / "manifest.json").read_text())["models"]}
+    return ModelSpec(
+        name="vibration",
+        file=MODELS / "vibration_cnn.int8.onnx",
+        sha256=manifest["vibration_cnn.int8.onnx"]["sha256"],
+        runtime="onnx",
+        memory_mb=8,
+    )
+
+
+def coap_device(tmp_path: Path, coap: DeviceCoapConfig, *, broker: str = "mqtt://127.0.0.1:1") -> Kernel:
+    return Kernel(
+        DeviceConfig(
+            fleet=FLEET,
+            device="dev-1",
+            broker=BrokerConfig(url=broker, reconnect=FAST),
+            data_dir=tmp_path / "dev-1",
+            encoding=Encoding.CBOR,
+            outbox=OutboxConfig(resend_after_s=1.0, synchronous="NORMAL"),
+            coap=coap,
+            kernel=KernelConfig(models=[vibration_model()]),
+            sensors=[
+                SensorConfig(
+                    stream="vibration",
+                    rate_hz=200,
+                    batch=BatchConfig(max_samples=10, max_wait_ms=100),
+                    sim=SimSignal(kind="vibration", seed=5),
+                )
+            ],
+        )
+    )
+
+
+def gateway(broker: Mosquitto, tmp_path: Path, coap_port: int) -> Gateway:
+    return Gateway(
+        GatewayConfig(
+            fleet=FLEET,
+            gateway="gw-1",
+            broker=BrokerConfig(url=broker.url, reconnect=FAST),
+            store=StoreConfig(path=tmp_path / "store.db", batch_wait_ms=20),
+            coap=CoapServerConfig(host="127.0.0.1", port=coap_port),
+        )
+    )
+
+
+def stored(path: Path) -> list[int]:
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as db:
+        return [seq for (seq,) in db.execute("SELECT seq FROM messages ORDER BY seq")]
+
+
+def test_device_serves_health_telemetry_and_inference(broker: Mosquitto, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        kernel = coap_device(tmp_path, DeviceCoapConfig(host="127.0.0.1", port=0), broker=broker.url)
+        stop = asyncio.Event()
+        task = asyncio.create_task(kernel.run(stop))
+        await kernel.session.wait_connected(10)
+        assert kernel.coap is not None
+        url = kernel.coap.url
+        async with CoapClient(timeout=10) as client:
+            links = (await client.get(f"{url}/.well-known/core")).payload.decode()
+            for path in ("</health>", "</telemetry/vibration>", "</infer/vibration>"):
+                assert path in links
+            async with client.observe(f"{url}/telemetry/vibration") as updates:
+                first = await anext(updates)
+                second = await anext(updates)
+            one, two = (TelemetryBody.from_envelope(r.envelope()) for r in (first, second))
+            assert one.stream == two.stream == "vibration"
+            assert first.envelope().seq != second.envelope().seq
+
+            health = (await client.get(f"{url}/health", accept=Encoding.JSON)).data()
+            assert isinstance(health, dict)
+            assert health["status"] == "ok"
+            assert health["counters"]["kernel.telemetry_sent"] >= 2
+
+            x, _ = split("vibration", "test", n=3)
+            answer = await client.post(
+                f"{url}/infer/vibration",
+                json.dumps({"inputs": [x.tolist()]}).encode(),
+                content_format=Encoding.JSON,
+            )
+            data = answer.data()
+            assert isinstance(data, dict)
+            probs = np.array(data["outputs"][0])
+            assert probs.shape == (3, 2)
+            assert np.allclose(probs.sum(axis=1), 1.0, atol=0.02)
+
+            with pytest.raises(CoapNotFound, match="nope"):
+                await client.post(f"{url}/infer/nope", b'{"inputs": [[1.0]]}', content_format=Encoding.JSON)
+            with pytest.raises(CoapBadRequest):
+                await client.post(
+                    f"{url}/infer/vibration", b'{"inputs": [[1.0, 2.0]]}', content_format=Encoding.JSON
+                )
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+
+
+def test_coap_only_device_delivers_through_gateway_outage(broker: Mosquitto, tmp_path: Path) -> None:
+    """No broker for the device: it posts to the gateway, holds its backlog while the gateway is down,
+    and after it is back everything is stored exactly once and acknowledged."""
+    port = free_port()
+
+    async def scenario() -> None:
+        kernel = coap_device(
+            tmp_path,
+            DeviceCoapConfig(
+                serve=False, gateway_url=f"coap://127.0.0.1:{port}", timeout_s=1.0, reconnect=FAST
+            ),
+        )
+        store = tmp_path / "store.db"
+        stop_gw, stop_dev = asyncio.Event(), asyncio.Event()
+        gw = gateway(broker, tmp_path, port)
+        gw_task = asyncio.create_task(gw.run(stop_gw))
+        dev_task = asyncio.create_task(kernel.run(stop_dev))
+        await kernel.session.wait_connected(10)
+        await wait_until(lambda: len(stored(store)) >= 20, timeout=10, what="first envelopes stored")
+
+        stop_gw.set()  # the gateway goes away for a while; the device keeps committing
+        await gw_task
+        await wait_until(lambda: not kernel.session.connected, timeout=10, what="the device notices")
+        await asyncio.sleep(1.5)
+        assert kernel.outbox.stats().pending > 0
+
+        stop_gw = asyncio.Event()
+        gw = gateway(broker, tmp_path, port)
+        gw_task = asyncio.create_task(gw.run(stop_gw))
+        await kernel.session.wait_connected(15)
+        target = kernel.outbox.stats().highest_seq
+        await wait_until(
+            lambda: set(range(1, target + 1)) <= set(stored(store)), timeout=20, what="the backlog stored"
+        )
+        await wait_until(lambda: kernel.outbox.stats().in_flight < 5, timeout=10, what="acknowledged")
+        stop_dev.set()
+        await dev_task
+        await asyncio.sleep(0.3)
+        stop_gw.set()
+        await gw_task
+
+        seqs = stored(store)
+        assert len(seqs) == len(set(seqs))
+        assert kernel.session.stats.connects >= 2
+        assert gw.counters["received:coap"] > 0
+        with sqlite3.connect(store) as db:
+            [(online,)] = db.execute("SELECT online FROM devices WHERE device = 'dev-1'")
+        assert online == 0  # the last status, posted at a clean stop
+
+    asyncio.run(scenario())
+
+
+def test_gateway_refuses_bad_posts_with_a_reason(broker: Mosquitto, tmp_path: Path) -> None:
+    port = free_port()
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        gw = gateway(broker, tmp_path, port)
+        task = asyncio.create_task(gw.run(stop))
+        await gw.session.wait_connected(10)
+        url = f"coap://127.0.0.1:{port}/ingest"
+        async with CoapClient(timeout=5) as client:
+            with pytest.raises(CoapBadRequest, match="bad-envelope"):
+                await client.post(url, b"{not json", content_format=Encoding.JSON)
+            with pytest.raises(CoapBadRequest, match="wrong-type"):
+                await client.post(
+                    url,
+                    json.dumps(
+                        {"v": 1, "id": "a" * 16, "src": "dev-9", "ts": 1.7e9, "type": "cmd", "body": {}}
+                    ).encode(),
+                    content_format=Encoding.JSON,
+                )
+        await asyncio.sleep(0.3)
+        stop.set()
+        await task
+        with sqlite3.connect(tmp_path / "store.db") as db:
+            reasons = [r for (r,) in db.execute("SELECT reason FROM rejected WHERE topic = 'coap:/ingest'")]
+        assert len(reasons) == 2
+        assert "wrong-type" in reasons
+
+    asyncio.run(scenario())
