@@ -61,7 +61,7 @@ class CoapServer:
         self.counters: Counter[str] = Counter()
         self._context: Any = None
         self._telemetry: dict[str, TelemetryResource] = {}
-        self._site: Any = resource.Site()
+        self._site: Any = _Site()
         self._site.add_resource([".well-known", "core"], WellKnownCore(self._site))
         self._health = HealthResource(self.counters, max_payload, provider=health, default=encoding)
         self._site.add_resource(["health"], self._health)
@@ -146,6 +146,21 @@ class CoapServer:
             telemetry.close()
         await asyncio.sleep(0)  # lets each observation send its last notification before the socket closes
         await context.shutdown()
+
+
+class _Site(resource.Site):  # type: ignore[misc]
+    """aiocoap's site, with a 4.04 that says what is missing (aiocoap's own has no diagnostic)."""
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        path = "/".join(pipe.request.opt.uri_path)
+        try:
+            await super().render_to_pipe(pipe)
+        except aiocoap.error.NotFound as err:
+            if err.message:
+                raise
+            raise aiocoap.error.NotFound(
+                f"no resource at /{path}: GET /.well-known/core lists them"
+            ) from None
 
 
 def _bound_port(context: Any) -> int:
