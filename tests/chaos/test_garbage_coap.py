@@ -87,8 +87,11 @@ def programs(tmp: Path, broker_url: str, gw_port: int, dev_port: int) -> tuple[P
 def stored_count(tmp: Path) -> int:
     if not (tmp / "store.db").exists():
         return 0
-    with sqlite3.connect(tmp / "store.db", timeout=5) as db:
-        return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+    try:
+        with sqlite3.connect(tmp / "store.db", timeout=5) as db:
+            return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+    except sqlite3.OperationalError:  # created, its schema not yet
+        return 0
 
 
 def envelope(**fields: object) -> dict[str, object]:
