@@ -23,7 +23,7 @@ from rich.table import Table
 from edgekernel.cli.common import Exit, console, err_console, fail
 from edgekernel.config import ConfigError, load_device, load_gateway
 from edgekernel.gateway import DeviceSummary, StoreError, read_summary
-from edgekernel.link import BrokerError, Mosquitto, find_mosquitto
+from edgekernel.link import BrokerError, Mosquitto, find_mosquitto, free_port
 
 PR_SET_PDEATHSIG = 1
 FLEET = "demo"
@@ -92,8 +92,13 @@ def kernel_config() -> dict[str, Any]:
     return {"kernel": {"memory_budget_mb": 64, "models": [model]}}
 
 
-def gateway_config(data_root: Path) -> dict[str, Any]:
-    return {"fleet": FLEET, "gateway": GATEWAY, "store": {"path": str(data_root / GATEWAY / "store.db")}}
+def gateway_config(data_root: Path, coap_port: int) -> dict[str, Any]:
+    return {
+        "fleet": FLEET,
+        "gateway": GATEWAY,
+        "store": {"path": str(data_root / GATEWAY / "store.db")},
+        "coap": {"host": "127.0.0.1", "port": coap_port},
+    }
 
 
 @dataclass
@@ -157,6 +162,10 @@ class Demo:
         self.store_path = self.data_dir / GATEWAY / "store.db"
         self.device_names = [f"dev-{i:02d}" for i in range(1, devices + 1)]
         self.children: dict[str, Child] = {}
+        self.gateway_coap_port = free_port()
+        self.device_coap_port = free_port()
+        # the first device also serves CoAP; the last of two or more talks to the gateway over CoAP only
+        self.coap_only = self.device_names[-1] if devices >= 2 else None
 
     def write_configs(self) -> None:
         (self.config_dir / "devices").mkdir(parents=True, exist_ok=True)
@@ -165,11 +174,19 @@ class Demo:
             yaml.safe_dump({"fleet": FLEET, "name": "edgekernel demo", "broker": {"url": self.broker.url}})
         )
         gw_path = self.config_dir / "gateways" / f"{GATEWAY}.yaml"
-        gw_path.write_text(yaml.safe_dump(gateway_config(self.data_dir), sort_keys=False))
+        gw_path.write_text(
+            yaml.safe_dump(gateway_config(self.data_dir, self.gateway_coap_port), sort_keys=False)
+        )
         load_gateway(gw_path)
         for index, name in enumerate(self.device_names, start=1):
+            config = device_config(index, self.data_dir)
+            if index == 1:
+                config["coap"] = {"host": "127.0.0.1", "port": self.device_coap_port}
+            if name == self.coap_only:
+                gateway_url = f"coap://127.0.0.1:{self.gateway_coap_port}"
+                config["coap"] = {"serve": False, "gateway_url": gateway_url}
             path = self.config_dir / "devices" / f"{name}.yaml"
-            path.write_text(yaml.safe_dump(device_config(index, self.data_dir), sort_keys=False))
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
             load_device(path)
 
     def _argv(self, program: str, config: Path) -> list[str]:
@@ -269,6 +286,11 @@ def _banner(demo: Demo) -> None:
     print_line(f"  watch       mosquitto_sub -h 127.0.0.1 -p {port} -t 'ek/v1/#' -v")
     print_line(f"  decoded     edgekernel topics watch 'ek/v1/#' --broker {demo.broker.url}")
     print_line(f"  devices     edgekernel fleet devices --broker {demo.broker.url} --fleet {FLEET}")
+    coap = f"coap://127.0.0.1:{demo.device_coap_port}"
+    print_line(f"  coap        aiocoap-client {coap}/.well-known/core  ({demo.device_names[0]})")
+    if demo.coap_only is not None:
+        ingest = f"coap://127.0.0.1:{demo.gateway_coap_port}/ingest"
+        print_line(f"  coap-only   {demo.coap_only} posts to the gateway's {ingest}")
     print_line(f"  workdir     {demo.workdir}  (configs, logs, the gateway's store.db)")
     print_line("  stop        Ctrl-C")
 

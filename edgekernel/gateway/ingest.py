@@ -7,7 +7,8 @@ transactions; duplicates by (device, seq) are dropped and counted.
 
 With ``coap`` in its config the gateway also serves ``POST /ingest`` for CoAP-only devices: an
 envelope posted there is checked the same way (its topic is implied by its type and sender), stored in
-the same batches, and answered once committed with the seq ranges the gateway holds.
+the same batches, and answered once committed with the seq ranges the gateway holds. Such a device's
+status and reported are republished, retained, on its MQTT topics.
 """
 
 from __future__ import annotations
@@ -301,11 +302,29 @@ class Gateway:
             raise CoapBadRequest(f"{err.reason}: {err}") from err
         if topic.kind is TopicKind.TELEMETRY and envelope.seq is not None:
             self._via_coap.add((topic.device, envelope.seq))
+        elif topic.kind in (TopicKind.STATUS, TopicKind.REPORTED):
+            self._bridge(topic, envelope)
         commit: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._commits.append(commit)
         self._wake.set()
         await commit
         return AckBody.of([envelope.seq]) if envelope.seq is not None else None
+
+    def _bridge(self, topic: Topic, envelope: Envelope) -> None:
+        """A CoAP-only device's status and reported go on its MQTT topics, retained, as if it had
+        published them, so the fleet and users' own tools see it like any other device."""
+        if not self.session.connected:
+            self.counters["bridge_skipped_offline"] += 1
+            return
+        future = self.session.publish_nowait(
+            str(topic), encode(envelope), qos=1, retain=True, content_type=CONTENT_TYPES[Encoding.JSON]
+        )
+        future.add_done_callback(self._count_bridge)
+        self.counters["bridged"] += 1
+
+    def _count_bridge(self, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.counters["bridge_failed"] += 1
 
     def _refused_coap(self, payload: bytes, err: ProtocolError) -> None:
         self._refuse(Message(COAP_INGEST_TOPIC, payload, 1, False, received_at=time.time()), err)
