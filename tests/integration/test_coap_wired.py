@@ -27,9 +27,9 @@ from edgekernel.device.kernel import Kernel
 from edgekernel.gateway import Gateway
 from edgekernel.link import Mosquitto, Outbox, free_port
 from edgekernel.link.coap import CoapBadRequest, CoapClient, CoapNotFound
-from edgekernel.protocol import Encoding, TelemetryBody
+from edgekernel.protocol import Encoding, StatusBody, TelemetryBody, decode, topics
 
-from .helpers import wait_until
+from .helpers import Collector, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -191,6 +191,9 @@ def test_coap_only_device_delivers_through_gateway_outage(broker: Mosquitto, tmp
         with sqlite3.connect(store) as db:
             [(online,)] = db.execute("SELECT online FROM devices WHERE device = 'dev-1'")
         assert online == 0  # the last status, posted at a clean stop
+        async with Collector(broker.url, topics.status(FLEET, "dev-1")) as seen:  # bridged, retained
+            await seen.wait_for(lambda ms: len(ms) >= 1, what="the retained status")
+            assert StatusBody.from_envelope(decode(seen.messages[-1].payload)).online is False
 
     asyncio.run(scenario())
 
