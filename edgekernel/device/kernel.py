@@ -39,7 +39,15 @@ from edgekernel.device.scheduler.errors import (
 from edgekernel.device.state import DeviceState
 from edgekernel.device.telemetry import SensorStream
 from edgekernel.link import Message, MqttSession, Outbox, OutboxError, OutboxFullError, Outgoing
-from edgekernel.link.coap import CoapBadRequest, CoapNotFound, CoapServer, CoapUnavailable, CoapUplink, Health
+from edgekernel.link.coap import (
+    CoapBadRequest,
+    CoapError,
+    CoapNotFound,
+    CoapServer,
+    CoapUnavailable,
+    CoapUplink,
+    Health,
+)
 from edgekernel.protocol import (
     CONTENT_TYPES,
     DEFAULT_MAX_PAYLOAD,
@@ -55,6 +63,7 @@ from edgekernel.protocol import (
     TelemetryBody,
     TopicKind,
     VerifiedCommand,
+    decode,
     encode,
     inbound,
     topics,
@@ -86,6 +95,7 @@ class Kernel:
                 coap.gateway_url,
                 encoding=config.encoding,
                 on_ack=self._acked,
+                on_refused=self._refused_by_gateway,
                 window=coap.window,
                 timeout_s=coap.timeout_s,
                 reconnect=coap.reconnect,
@@ -273,6 +283,7 @@ class Kernel:
             pending_bytes=stats.pending_bytes,
             oldest_age_s=round(max(0.0, stats.oldest_age_s), 3),
             dropped=stats.dropped_oldest + stats.dropped_newest,
+            dead=stats.dead,
         )
 
     def _inference_summary(self) -> InferenceSummary:
@@ -412,6 +423,18 @@ class Kernel:
         """The gateway's answer to a CoAP post: the seq ranges it holds."""
         self.counters["received:ack"] += 1
         self._spawn(self.outbox.ack([(first, last) for first, last in ack.ranges]))
+
+    def _refused_by_gateway(self, payload: bytes, err: CoapError) -> None:
+        """An envelope the gateway refused for good: move it to the outbox's dead letters, so that it
+        is not sent again and again, and say so."""
+        try:
+            seq = decode(payload, max_size=len(payload) + 1).seq
+        except ProtocolError:
+            seq = None
+        self.counters["refused_by_gateway"] += 1
+        log.error("the gateway refused envelope seq %s for good: %s", seq, err)
+        if seq is not None:
+            self._spawn(self.outbox.bury([(seq, seq)], f"{err.code}: {err.diagnostic}"))
 
     # -- CoAP -------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from edgekernel.protocol import (
     TelemetryBody,
     Topic,
     TopicKind,
+    decode,
     encode,
     inbound,
     topics,
@@ -67,6 +68,7 @@ class Gateway:
         self._wake = asyncio.Event()
         self._closing = False
         self._via_coap: set[tuple[str, int]] = set()
+        self._dead_letters: list[tuple[str, int]] = []
         self._commits: list[asyncio.Future[None]] = []
         self.coap: CoapServer | None = None
         if config.coap is not None:
@@ -161,8 +163,8 @@ class Gateway:
         """Write what is pending in one transaction; on failure it stays pending for the next try."""
         telemetry, devices, rejected, seen = self._telemetry, self._devices, self._rejected, self._last_seen
         self._telemetry, self._devices, self._rejected, self._last_seen = [], [], [], {}
-        commits, via_coap = self._commits, self._via_coap
-        self._commits, self._via_coap = [], set()
+        commits, via_coap, dead_letters = self._commits, self._via_coap, self._dead_letters
+        self._commits, self._via_coap, self._dead_letters = [], set(), []
         updates = devices + [DeviceUpdate(device, at) for device, at in seen.items()]
         if not (telemetry or updates or rejected):
             self._settle(commits)
@@ -177,12 +179,14 @@ class Gateway:
                 self._last_seen[device] = max(at, self._last_seen.get(device, at))
             self._commits = commits + self._commits
             self._via_coap |= via_coap
+            self._dead_letters = dead_letters + self._dead_letters
             raise
         self.counters["stored"] += result.stored
         self.counters["duplicates"] += result.duplicates
         self.counters["samples_stored"] += result.samples
         self._settle(commits)
-        self._acknowledge([r for r in telemetry if (r.device, r.seq) not in via_coap])
+        held = [(r.device, r.seq) for r in telemetry if (r.device, r.seq) not in via_coap]
+        self._acknowledge(held + dead_letters)
 
     @staticmethod
     def _settle(commits: list[asyncio.Future[None]], error: Exception | None = None) -> None:
@@ -198,11 +202,12 @@ class Gateway:
         commits, self._commits = self._commits, []
         self._settle(commits, error)
 
-    def _acknowledge(self, telemetry: list[TelemetryRecord]) -> None:
-        """Tell each device which seqs are now held durably (stored now or before: duplicates too)."""
+    def _acknowledge(self, held: list[tuple[str, int]]) -> None:
+        """Tell each device which seqs are now held durably (stored now or before: duplicates too, and
+        dead letters)."""
         by_device: dict[str, list[int]] = {}
-        for record in telemetry:
-            by_device.setdefault(record.device, []).append(record.seq)
+        for device, seq in held:
+            by_device.setdefault(device, []).append(seq)
         for device, seqs in by_device.items():
             if not self.session.connected:
                 self.counters["acks_deferred"] += 1  # the device re-sends; its duplicate is acked then
@@ -237,9 +242,26 @@ class Gateway:
             received = inbound(topic, message.payload, max_size=self.config.max_payload_bytes)
             self._accept(received.topic, received.envelope, message.received_at)
         except ProtocolError as err:
-            self._refuse(message, err)
+            self._refuse(message, err, dead_letter=self._dead_letter(message.topic, message.payload))
             return
         self._wake.set()
+
+    def _dead_letter(self, topic_text: str, payload: bytes) -> tuple[str, int] | None:
+        """(device, seq) when a refused message is a device's own telemetry envelope (too large, or a body
+        that breaks the contract): no resend can make it pass, so it is kept whole in the rejected table
+        and acknowledged, and the device stops sending it."""
+        try:
+            topic = topics.parse(topic_text) if topic_text != COAP_INGEST_TOPIC else None
+            envelope = decode(payload, max_size=max(4 * self.config.max_payload_bytes, MIN_PACKET_LIMIT))
+        except ProtocolError:
+            return None
+        if envelope.seq is None or envelope.type != "telemetry":
+            return None
+        if topic is not None and (
+            topic.fleet != self.fleet or topic.kind is not TopicKind.TELEMETRY or topic.device != envelope.src
+        ):
+            return None
+        return envelope.src, envelope.seq
 
     def _accept(self, topic: Topic, envelope: Envelope, received_at: float) -> None:
         if topic.kind is TopicKind.TELEMETRY:
@@ -327,7 +349,10 @@ class Gateway:
             self.counters["bridge_failed"] += 1
 
     def _refused_coap(self, payload: bytes, err: ProtocolError) -> None:
-        self._refuse(Message(COAP_INGEST_TOPIC, payload, 1, False, received_at=time.time()), err)
+        """The device frees an envelope refused with 4.xx; a dead letter keeps it whole here."""
+        message = Message(COAP_INGEST_TOPIC, payload, 1, False, received_at=time.time())
+        dead_letter = self._dead_letter(COAP_INGEST_TOPIC, payload)
+        self._refuse(message, err, dead_letter=dead_letter, acknowledge=False)
 
     def _health(self) -> Health:
         keep = ("received", "stored", "duplicates", "rejected", "received:coap", "store_failures")
@@ -336,13 +361,27 @@ class Gateway:
             counters={f"gateway.{key}": self.counters[key] for key in keep},
         )
 
-    def _refuse(self, message: Message, err: ProtocolError) -> None:
+    def _refuse(
+        self,
+        message: Message,
+        err: ProtocolError,
+        *,
+        dead_letter: tuple[str, int] | None = None,
+        acknowledge: bool = True,
+    ) -> None:
         self.counters[f"rejected:{err.reason}"] += 1
         self.counters["rejected"] += 1
         log.warning(
             "refused message on %s [%s, %d bytes]: %s", message.topic, err.reason, len(message.payload), err
         )
-        self._rejected.append(Rejected(message.topic, err.reason, str(err), message.payload, time.time()))
+        whole = dead_letter is not None
+        self._rejected.append(
+            Rejected(message.topic, err.reason, str(err), message.payload, time.time(), whole=whole)
+        )
+        if dead_letter is not None:
+            self.counters["dead_letters"] += 1
+            if acknowledge:
+                self._dead_letters.append(dead_letter)
         self._wake.set()
 
 

@@ -79,11 +79,15 @@ class TelemetryRecord:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
+    """A refused message; its payload is cut to KEEP_REJECTED_BYTES unless `whole` (a dead letter: a
+    device's own message that was acknowledged so that the device stops sending it)."""
+
     topic: str
     reason: str
     message: str
     payload: bytes
     received_at: float
+    whole: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +173,7 @@ class Store:
                             r.reason,
                             r.message,
                             len(r.payload),
-                            r.payload[:KEEP_REJECTED_BYTES],
+                            r.payload if r.whole else r.payload[:KEEP_REJECTED_BYTES],
                         )
                         for r in rejected
                     ],

@@ -63,6 +63,7 @@ class _Counters:
     refused: int = 0
     sent: int = 0
     acked: int = 0
+    buried: int = 0
     dropped_oldest: int = 0
     dropped_oldest_bytes: int = 0
     dropped_oldest_sent: int = 0
@@ -79,6 +80,8 @@ class OutboxStats:
     (refused: larger than the outbox, block timed out, or the payload could not be built);
     `sent` counts messages handed to the sender (again after a rewind); `dropped_oldest_sent` counts
     dropped messages that had been handed to it, so may still arrive; `transactions` counts commits.
+    `dead` is how many dead letters the file keeps (refused for good by the gateway; see `bury`),
+    `buried` how many were moved there since the outbox was opened.
     """
 
     pending: int
@@ -87,12 +90,14 @@ class OutboxStats:
     oldest_age_s: float
     highest_seq: int
     max_bytes: int
+    dead: int
     put: int
     committed: int
     failed: int
     refused: int
     sent: int
     acked: int
+    buried: int
     dropped_oldest: int
     dropped_oldest_bytes: int
     dropped_oldest_sent: int
@@ -122,7 +127,7 @@ class Outbox:
         self._closed = False
         self._stopped: asyncio.Future[None] | None = None
         self._next_seq = 1
-        self._hwm = self._count = self._bytes = self._reserved = 0
+        self._hwm = self._count = self._bytes = self._reserved = self._dead = 0
         self._oldest: float | None = None
         self._waiters: deque[asyncio.Event] = deque()
         self._arrived = asyncio.Event()
@@ -215,6 +220,17 @@ class Outbox:
         self._jobs.put(job)
         return await job.future
 
+    async def bury(self, ranges: Iterable[tuple[int, int]] | SeqRanges, reason: str) -> int:
+        """Move these rows to the file's dead letters (the newest 1,000 are kept), in one transaction:
+        they are not sent again. Returns how many moved."""
+        self._check_open()
+        ranges = ranges if isinstance(ranges, SeqRanges) else SeqRanges(ranges)
+        if not ranges:
+            return 0
+        job = AckJob(ranges, self._new_future(), reason=reason, at=self._clock())
+        self._jobs.put(job)
+        return await job.future
+
     async def pending(self, limit: int = 256) -> list[OutboxMessage]:
         """Up to `limit` messages not yet handed to the sender, in seq order, now marked in flight."""
         if limit < 1:
@@ -277,6 +293,7 @@ class Outbox:
             oldest_age_s=age,
             highest_seq=self._hwm,
             max_bytes=self.config.max_bytes,
+            dead=self._dead,
             dropped_oldest_ranges=self._dropped.ranges,
             **asdict(self._c),
         )
@@ -372,7 +389,7 @@ class Outbox:
 
     def _apply_summary(self, outcome: Outcome) -> None:
         self._hwm, self._count, self._bytes = outcome.hwm, outcome.count, outcome.bytes
-        self._oldest = outcome.oldest
+        self._oldest, self._dead = outcome.oldest, outcome.dead
 
     def _apply(self, outcome: Outcome) -> None:
         if outcome.error is not None:
@@ -416,7 +433,10 @@ class Outbox:
         if isinstance(job, AckJob):
             deleted = cast(SeqRanges, result)
             self._forget(deleted)
-            self._c.acked += len(deleted)
+            if job.reason is None:
+                self._c.acked += len(deleted)
+            else:
+                self._c.buried += len(deleted)
             return len(deleted)
         fetched = cast(list[OutboxMessage], result)
         if job.generation == self._generation:

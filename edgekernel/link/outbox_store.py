@@ -36,7 +36,18 @@ _TABLES = (
         payload BLOB NOT NULL
     )""",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS dead (
+        seq INTEGER PRIMARY KEY,
+        topic TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        created REAL NOT NULL,
+        size INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        reason TEXT NOT NULL,
+        buried REAL NOT NULL
+    )""",
 )
+KEEP_DEAD = 1000  # dead letters kept for inspection; older ones are deleted as newer ones come
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +75,13 @@ class PutJob:
 
 @dataclass(slots=True, eq=False)
 class AckJob:
+    """Delete these rows; with a `reason`, move them to the dead letters instead (the gateway refused
+    them for good)."""
+
     ranges: SeqRanges
     future: asyncio.Future[int]
+    reason: str | None = None
+    at: float = 0.0
 
 
 @dataclass(slots=True, eq=False)
@@ -108,6 +124,7 @@ class Outcome:
     bytes: int = 0
     hwm: int = 0
     oldest: float | None = None
+    dead: int = 0
 
 
 class OutboxFile:
@@ -118,6 +135,7 @@ class OutboxFile:
         self._db: sqlite3.Connection | None = None
         self.hwm = 0
         self.count = 0
+        self.dead = 0
         self.bytes = 0
         self.oldest: float | None = None
 
@@ -166,6 +184,7 @@ class OutboxFile:
             ).fetchone()
             self.hwm = max(int(row[0]) if row else 0, int(top), self._after_seq)
             self.count, self.bytes = int(count), int(size)
+            self.dead = int(db.execute("SELECT count(*) FROM dead").fetchone()[0])
             self._find_oldest(db)
             opened = self._summary(Outcome([]))
             db.execute("COMMIT")
@@ -190,7 +209,7 @@ class OutboxFile:
         if db is None:
             outcome.error = OutboxError(f"outbox {self.path} is closed", path=self.path)
             return outcome
-        saved = (self.hwm, self.count, self.bytes, self.oldest)
+        saved = (self.hwm, self.count, self.bytes, self.oldest, self.dead)
         outcome.transaction = any(not isinstance(job, FetchJob) for job in jobs)
         try:
             if outcome.transaction:
@@ -203,7 +222,7 @@ class OutboxFile:
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
-            self.hwm, self.count, self.bytes, self.oldest = saved
+            self.hwm, self.count, self.bytes, self.oldest, self.dead = saved
             outcome.error = self._error("commit", err)
             outcome.error.__cause__ = err
         return outcome
@@ -230,6 +249,8 @@ class OutboxFile:
                 db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)", rows)
                 rows = []
             if isinstance(job, AckJob):
+                if job.reason is not None:
+                    self._bury(db, job)
                 deleted = self._delete(db, job.ranges)
                 removed = removed or bool(deleted)
                 outcome.results.append(deleted)
@@ -244,6 +265,18 @@ class OutboxFile:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('hwm', ?)", (self.hwm,))
         if removed:
             self._find_oldest(db)
+
+    def _bury(self, db: sqlite3.Connection, job: AckJob) -> None:
+        for first, last in job.ranges.ranges:
+            db.execute(
+                "INSERT OR REPLACE INTO dead SELECT seq, topic, stream, created, size, payload, ?, ? "
+                "FROM messages WHERE seq BETWEEN ? AND ?",
+                (job.reason, job.at, first, last),
+            )
+        db.execute(
+            "DELETE FROM dead WHERE seq NOT IN (SELECT seq FROM dead ORDER BY seq DESC LIMIT ?)", (KEEP_DEAD,)
+        )
+        self.dead = int(db.execute("SELECT count(*) FROM dead").fetchone()[0])
 
     def _delete(self, db: sqlite3.Connection, ranges: SeqRanges) -> SeqRanges:
         deleted = SeqRanges()
@@ -288,11 +321,12 @@ class OutboxFile:
         self.oldest = None if row is None else float(row[0])
 
     def _summary(self, outcome: Outcome) -> Outcome:
-        outcome.count, outcome.bytes, outcome.hwm, outcome.oldest = (
+        outcome.count, outcome.bytes, outcome.hwm, outcome.oldest, outcome.dead = (
             self.count,
             self.bytes,
             self.hwm,
             self.oldest,
+            self.dead,
         )
         return outcome
 

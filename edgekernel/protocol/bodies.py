@@ -106,13 +106,15 @@ class InferenceSummary(BaseModel):
 
 
 class BacklogSummary(BaseModel):
-    """The device's outbox: what waits for the gateway's acknowledgement, and what was dropped."""
+    """The device's outbox: what waits for the gateway's acknowledgement, what was dropped, and the
+    dead letters it keeps (messages the gateway refused for good)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
     pending: Annotated[int, Field(ge=0)] = 0
     pending_bytes: Annotated[int, Field(ge=0)] = 0
     oldest_age_s: Annotated[float, Field(ge=0)] = 0.0
     dropped: Annotated[int, Field(ge=0)] = 0
+    dead: Annotated[int, Field(ge=0)] = 0
 
 
 class ReportedBody(_Body):

@@ -274,6 +274,42 @@ def test_ack_deletes_exactly_the_ranges_and_is_idempotent(path: Path) -> None:
     run(main)
 
 
+def test_bury_moves_rows_to_the_dead_letters_which_survive_reopen(path: Path) -> None:
+    async def main() -> None:
+        async with Outbox(path, cfg()) as outbox:
+            for n in range(6):
+                await outbox.put("t", f"m{n}".encode(), stream="s")
+            assert await outbox.bury([(2, 3)], "4.13: too large") == 2
+            assert await outbox.bury([(2, 3)], "again") == 0
+            stats = outbox.stats()
+            assert (stats.pending, stats.dead, stats.buried, stats.acked) == (4, 2, 2, 0)
+            assert [m.seq for m in await everything(outbox)] == [1, 4, 5, 6]
+        async with Outbox(path, cfg()) as outbox:
+            assert (outbox.stats().pending, outbox.stats().dead, outbox.stats().buried) == (4, 2, 0)
+        with sqlite3.connect(path) as db:
+            rows = list(db.execute("SELECT seq, topic, stream, payload, reason FROM dead ORDER BY seq"))
+        assert rows == [(2, "t", "s", b"m1", "4.13: too large"), (3, "t", "s", b"m2", "4.13: too large")]
+
+    run(main)
+
+
+def test_only_the_newest_dead_letters_are_kept(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("edgekernel.link.outbox_store.KEEP_DEAD", 3)
+
+    async def main() -> None:
+        async with Outbox(path, cfg()) as outbox:
+            for _ in range(8):
+                await outbox.put("t", b"x")
+            await outbox.bury([(1, 2)], "r")
+            await outbox.bury([(4, 6)], "r")
+            assert outbox.stats().dead == 3
+            assert outbox.stats().buried == 5
+        with sqlite3.connect(path) as db:
+            assert [seq for (seq,) in db.execute("SELECT seq FROM dead ORDER BY seq")] == [4, 5, 6]
+
+    run(main)
+
+
 def test_rewind_resends_every_unacked_message_from_the_oldest(path: Path) -> None:
     async def main() -> None:
         async with Outbox(path, cfg(memory_bytes=0)) as outbox:  # every read goes to the file

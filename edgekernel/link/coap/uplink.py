@@ -4,10 +4,11 @@
 Each envelope is POSTed, confirmable, to the gateway's ``/ingest``, at most `window` at a time; the seq
 ranges in the answer go to `on_ack`, just as an ``…/ack`` message does over MQTT. UDP has no
 connection, so the uplink counts as connected from a first answer of the gateway until a post goes
-unanswered for `timeout_s` or is answered with a 5.xx; it then fails every queued post, probes the
-gateway's ``/health`` with backoff, and counts a new connect when it answers. The kernel's sender then
-starts again from the oldest message the gateway has not acknowledged. A 4.xx answer refuses that one
-envelope (counted by code), not the link.
+unanswered for `timeout_s` or is answered with an error that is not about the envelope; it then fails
+every queued post, probes the gateway's ``/health`` with backoff, and counts a new connect when it
+answers. The kernel's sender then starts again from the oldest message the gateway has not
+acknowledged. A 4.00 or 4.13 answer refuses that one envelope for good (the gateway keeps it as a dead
+letter): it goes to `on_refused`, counted by code, and the link stays up.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from edgekernel.protocol.bodies import AckBody
 log = logging.getLogger(__name__)
 
 AckHandler = Callable[[AckBody], None]
+RefusedHandler = Callable[[bytes, CoapError], None]
+FINAL_REFUSALS = frozenset({"4.00", "4.13"})  # about the envelope itself: sending it again cannot help
 
 
 @dataclass(slots=True)
@@ -45,6 +48,7 @@ class CoapUplink:
         *,
         encoding: Encoding,
         on_ack: AckHandler,
+        on_refused: RefusedHandler | None = None,
         window: int = 16,
         timeout_s: float = 10.0,
         reconnect: ReconnectConfig | None = None,
@@ -57,6 +61,7 @@ class CoapUplink:
         self.stats = SessionStats()
         self.refused: Counter[str] = Counter()
         self._on_ack = on_ack
+        self._on_refused = on_refused
         self._client = CoapClient(timeout=timeout_s)
         self._queue: deque[_Post] = deque()
         self._wake = asyncio.Event()
@@ -162,13 +167,14 @@ class CoapUplink:
             try:
                 await self._post(post.payload)
             except CoapError as err:
-                if _link_failure(err):
-                    self._lost(err)
-                    post.future.set_exception(err)
-                    continue
-                self.refused[err.code or "?"] += 1
-                log.warning("the gateway refused an envelope: %s", err)
                 post.future.set_exception(err)
+                if err.code not in FINAL_REFUSALS:
+                    self._lost(err)
+                    continue
+                self.refused[err.code] += 1
+                log.error("the gateway refused an envelope for good: %s", err)
+                if self._on_refused is not None:
+                    self._on_refused(post.payload, err)
                 continue
             if not post.future.done():
                 post.future.set_result(None)
@@ -224,8 +230,3 @@ class CoapUplink:
         cfg = self.reconnect
         delay: float = min(cfg.max_delay_s, cfg.min_delay_s * 2 ** min(attempt - 1, 16))
         return delay * (1 - cfg.jitter * random.random())
-
-
-def _link_failure(err: CoapError) -> bool:
-    """No answer, or the gateway's own trouble (5.xx): the link is down, not the envelope bad."""
-    return err.code is None or err.code.startswith("5.")
