@@ -7,15 +7,20 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edgekernel.link import Outbox
+from edgekernel.protocol import ProtocolError, TopicKind, decode, topics
+from edgekernel.protocol.bodies import AckBody
 
 FLEET = "chaos"
 
@@ -77,27 +82,31 @@ def device(tmp: Path, name: str, broker_url: str, *, rate_hz: float = 200, batch
     return Program(name, argv, tmp / f"{name}.log")
 
 
-def gateway(tmp: Path, broker_url: str) -> Program:
-    config = tmp / "gw-1.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "fleet": FLEET,
-                "gateway": "gw-1",
-                "broker": {"url": broker_url, "reconnect": {"min_delay_s": 0.1, "max_delay_s": 1.0}},
-                "store": {"path": str(tmp / "store.db"), "batch_wait_ms": 20},
-            }
-        )
-    )
+def gateway(tmp: Path, broker_url: str, *, name: str = "gw-1", share_group: str | None = None) -> Program:
+    """A gateway process storing into `tmp`/store.db; gateways given the same `share_group` split the
+    fleet's messages between them (and share that store)."""
+    config = tmp / f"{name}.yaml"
+    settings: dict[str, object] = {
+        "fleet": FLEET,
+        "gateway": name,
+        "broker": {"url": broker_url, "reconnect": {"min_delay_s": 0.1, "max_delay_s": 1.0}},
+        "store": {"path": str(tmp / "store.db"), "batch_wait_ms": 20},
+    }
+    if share_group is not None:
+        settings["share_group"] = share_group
+    config.write_text(yaml.safe_dump(settings))
     argv = [sys.executable, "-m", "edgekernel", "gateway", "run", "--config", str(config)]
-    return Program("gw-1", argv, tmp / "gw-1.log")
+    return Program(name, argv, tmp / f"{name}.log")
 
 
 @contextmanager
-def running(gw: Program, devices: list[Program]) -> Iterator[None]:
-    """The gateway and the devices run inside the block; at its end the devices stop first (their
-    outboxes keep what was not acknowledged), then the gateway, after a moment to store what came."""
-    gw.start()
+def running(gw: Program | list[Program], devices: list[Program]) -> Iterator[None]:
+    """The gateway (or gateways) and the devices run inside the block; at its end the devices stop
+    first (their outboxes keep what was not acknowledged), then the gateways, after a moment to store
+    what came."""
+    gateways = gw if isinstance(gw, list) else [gw]
+    for each in gateways:
+        each.start()
     for dev in devices:
         dev.start()
     try:
@@ -108,7 +117,8 @@ def running(gw: Program, devices: list[Program]) -> Iterator[None]:
     finally:
         for dev in devices:
             dev.stop()
-        gw.stop()
+        for each in gateways:
+            each.stop()
 
 
 def highest_stored(tmp: Path) -> dict[str, int]:
@@ -147,3 +157,83 @@ def check_exactly_once(tmp: Path, device_name: str) -> int:
     times = [ts for _, ts in rows]
     assert times == sorted(times), f"{device_name}: stored out of order"
     return len(seqs)
+
+
+@dataclass(frozen=True)
+class SeenAck:
+    at: float  # time.monotonic() when it arrived
+    wall: float  # time.time() when it arrived
+    gateway: str
+    device: str
+    seqs: frozenset[int]
+    not_stored: frozenset[int]  # acknowledged seqs the store did not hold when the ack arrived
+
+
+class AckWatcher:
+    """Listens to every device's `…/ack` (an ordinary, not shared, subscription) and, as each ack
+    arrives, checks in the store that every seq it acknowledges is already committed there."""
+
+    def __init__(self, broker_url: str, store: Path) -> None:
+        host, _, port = broker_url.removeprefix("mqtt://").rpartition(":")
+        self.host, self.port, self.store = host, int(port), store
+        self.acks: list[SeenAck] = []
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._db: sqlite3.Connection | None = None
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="ack-watcher", protocol=MQTTProtocolVersion.MQTTv5
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = lambda *_: self._subscribed.set()
+        self._client.on_message = self._on_message
+
+    def __enter__(self) -> AckWatcher:
+        self._client.connect(self.host, self.port)
+        self._client.loop_start()
+        assert self._subscribed.wait(10), "the ack watcher was not subscribed within 10 s"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+        if self._db is not None:
+            self._db.close()
+
+    def _on_connect(self, client: paho.Client, *_: object) -> None:
+        client.subscribe(topics.subscription(FLEET, TopicKind.ACK), qos=1)
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        try:
+            envelope = decode(bytes(msg.payload))
+            ranges = AckBody.from_envelope(envelope).ranges
+        except ProtocolError as err:
+            with self._lock:
+                self.errors.append(f"bad ack on {msg.topic}: {err}")
+            return
+        device_name = topics.parse(msg.topic).device
+        seqs = frozenset(seq for first, last in ranges for seq in range(first, last + 1))
+        try:
+            missing = seqs - self._stored_now(device_name, min(seqs), max(seqs))
+        except sqlite3.Error as err:
+            with self._lock:
+                self.errors.append(f"cannot read the store at an ack on {msg.topic}: {err}")
+            return
+        with self._lock:
+            self.acks.append(
+                SeenAck(time.monotonic(), time.time(), envelope.src, device_name, seqs, frozenset(missing))
+            )
+
+    def _stored_now(self, device_name: str, first: int, last: int) -> set[int]:
+        if self._db is None:
+            self._db = sqlite3.connect(
+                f"file:{self.store}?mode=ro", uri=True, timeout=5, check_same_thread=False
+            )
+        rows = self._db.execute(
+            "SELECT seq FROM messages WHERE device = ? AND seq BETWEEN ? AND ?", (device_name, first, last)
+        )
+        return {seq for (seq,) in rows}
+
+    def seen(self) -> list[SeenAck]:
+        with self._lock:
+            return list(self.acks)
