@@ -63,7 +63,7 @@ class Commands:
         self.handlers[name] = handler
 
     async def handle(self, message: Message, envelope: Envelope) -> None:
-        cached = self._replies.get(envelope.id)
+        cached = self._replies.get(envelope.id, request=envelope)
         if cached is not None:
             self.counters["duplicate"] += 1
             self._reply(message, cached)
@@ -78,7 +78,7 @@ class Commands:
             self._reply(message, self._failure(envelope.id, err.reason, str(err)))
             return
         reply = await self._run(command)
-        self._replies.put(command, reply)
+        self._replies.put(command, reply, request=envelope)
         self._reply(message, reply)
 
     async def _run(self, command: VerifiedCommand) -> Envelope:
@@ -108,13 +108,18 @@ class Commands:
         if not message.response_topic:
             self.counters["no-response-topic"] += 1
             return
-        future = self.session.publish_nowait(
-            message.response_topic,
-            encode(reply, self.encoding),
-            qos=1,
-            content_type=CONTENT_TYPES[self.encoding],
-            correlation_data=message.correlation_data,
-        )
+        try:
+            future = self.session.publish_nowait(
+                message.response_topic,
+                encode(reply, self.encoding),
+                qos=1,
+                content_type=CONTENT_TYPES[self.encoding],
+                correlation_data=message.correlation_data,
+            )
+        except ValueError as err:  # paho refuses a response topic with a wildcard; the broker passes it
+            self.counters["bad-response-topic"] += 1
+            log.warning("cannot reply on %r: %s", message.response_topic[:200], err)
+            return
         future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
 
 

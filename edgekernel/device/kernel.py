@@ -68,7 +68,7 @@ from edgekernel.protocol import (
     inbound,
     topics,
 )
-from edgekernel.protocol.bodies import AckBody
+from edgekernel.protocol.bodies import AckBody, DesiredBody
 
 log = logging.getLogger(__name__)
 
@@ -405,9 +405,12 @@ class Kernel:
             return
         self.counters[f"received:{topic.kind.value}"] += 1
         if topic.kind is TopicKind.DESIRED:
-            generation = envelope.body.get("generation")
-            if isinstance(generation, int) and generation >= 0:
-                self.desired_generation = generation
+            try:
+                self.desired_generation = DesiredBody.from_envelope(envelope).generation
+            except ProtocolError as err:
+                self.counters[f"rejected:{err.reason}"] += 1
+                log.warning("refused desired: %s", err)
+                return
         elif topic.kind is TopicKind.ACK:
             try:
                 ranges = AckBody.from_envelope(envelope).ranges

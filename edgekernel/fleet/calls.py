@@ -63,9 +63,12 @@ async def call(
                     if message.correlation_data != correlation:
                         continue
                     try:
-                        reply = ReplyBody.from_envelope(decode(message.payload))
+                        answer = decode(message.payload)
+                        reply = ReplyBody.from_envelope(answer)
                     except ProtocolError:
                         continue
+                    if answer.src != device or reply.command != envelope.id:
+                        continue  # from another sender, or the answer to another command
                     return CallResult(device, command, reply, time.perf_counter() - started)
         except TimeoutError:
             pass

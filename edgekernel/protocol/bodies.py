@@ -137,6 +137,15 @@ MAX_ACK_RANGES = 4096
 Seq = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
+class DesiredBody(_Body):
+    """What the fleet wants of a device, numbered by its config generation. Only the generation has a
+    shape so far; other members (agent assignments, model artifacts) pass through unchecked."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True, allow_inf_nan=False)
+    ENVELOPE_TYPE: ClassVar[MessageType] = "desired"
+    generation: Seq
+
+
 class AckBody(_Body):
     """The gateway's word that it holds these seqs durably: inclusive (first, last) ranges, sorted and
     disjoint. A device deletes those rows from its outbox."""

@@ -67,7 +67,8 @@ def decode(payload: bytes, *, max_size: int = DEFAULT_MAX_PAYLOAD) -> Envelope:
 def _decode_cbor(data: bytes) -> Envelope:
     stream = io.BytesIO(data)
     try:
-        obj = cbor2.CBORDecoder(stream).decode()
+        # only strings as map keys: keys crafted to share one hash would make a map take quadratic time
+        obj = cbor2.CBORDecoder(stream, strict_hashable_types=True).decode()
     except CBOR_ERRORS as err:
         raise ProtocolError("bad-cbor", f"not a CBOR envelope: {err}") from None
     if (extra := len(data) - stream.tell()) > 0:
@@ -75,12 +76,38 @@ def _decode_cbor(data: bytes) -> Envelope:
         raise ProtocolError("bad-cbor", f"{extra} bytes after the CBOR envelope")
     if not isinstance(obj, dict):
         raise ProtocolError("bad-envelope", f"an envelope is a map, not {type(obj).__name__}")
+    if _expanded(obj, len(data)):
+        raise ProtocolError(
+            "bad-cbor", "shared or string references make the envelope bigger than its payload"
+        )
     try:
         return Envelope.model_validate(obj)
     except ValidationError as err:
         raise ProtocolError("bad-envelope", _describe(err)) from None
     except RecursionError:
         raise ProtocolError("bad-envelope", "body is nested too deeply") from None
+
+
+def _expanded(obj: object, size: int) -> bool:
+    """Whether the decoded value holds more than its `size` bytes can: each item takes a byte at
+    least, and each string one more per character. Only shared references (tags 28 and 29) and string
+    references (tags 256 and 25) break that, by naming again what was sent once: a few hundred bytes
+    can stand for a value too big to validate, or a cycle. The walk stops once the bytes are spent."""
+    budget = size
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        budget -= 1
+        if isinstance(item, str | bytes | bytearray):
+            budget -= len(item)
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+        if budget < 0:
+            return True
+    return False
 
 
 def _describe(err: ValidationError) -> str:

@@ -458,18 +458,37 @@ def _signature(text: str) -> bytes:
 
 class ReplyCache:
     """The first reply sent for each command, kept until the command expires (at most `capacity`), so
-    a command re-sent with the same id (after a reconnect, say) gets that reply instead of running twice."""
+    a command re-sent with the same id (after a reconnect, say) gets that reply instead of running twice.
+
+    When `put` is given the `request` that was answered, `get` gives the reply only for an equal request:
+    a copy with the same id and anything else changed (tampered, unsigned, re-signed) gets nothing here
+    and goes to the verifier instead."""
 
     def __init__(self, capacity: int = 1024) -> None:
-        self._replies: _Expiring[Envelope] = _Expiring(capacity)
+        self._replies: _Expiring[tuple[Envelope | None, Envelope]] = _Expiring(capacity)
 
     def __len__(self) -> int:
         return len(self._replies)
 
-    def put(self, command: VerifiedCommand, reply: Envelope, now: float | None = None) -> None:
+    def put(
+        self,
+        command: VerifiedCommand,
+        reply: Envelope,
+        now: float | None = None,
+        *,
+        request: Envelope | None = None,
+    ) -> None:
         self._replies.purge(time.time() if now is None else now)
-        self._replies.put(command.id, command.expires_at, reply)
+        self._replies.put(command.id, command.expires_at, (request, reply))
 
-    def get(self, command_id: str, now: float | None = None) -> Envelope | None:
+    def get(
+        self, command_id: str, now: float | None = None, *, request: Envelope | None = None
+    ) -> Envelope | None:
         self._replies.purge(time.time() if now is None else now)
-        return self._replies.get(command_id)
+        entry = self._replies.get(command_id)
+        if entry is None:
+            return None
+        answered, reply = entry
+        if answered is not None and request != answered:
+            return None
+        return reply

@@ -56,28 +56,36 @@ class Program:
                 self.proc.wait()
 
 
-def device(tmp: Path, name: str, broker_url: str, *, rate_hz: float = 200, batch: int = 10) -> Program:
-    """A device process; with `batch` 1 each sample is its own message (rate_hz messages a second)."""
+def device(
+    tmp: Path,
+    name: str,
+    broker_url: str,
+    *,
+    rate_hz: float = 200,
+    batch: int = 10,
+    fleet_keys: list[Path] | None = None,
+) -> Program:
+    """A device process; with `batch` 1 each sample is its own message (rate_hz messages a second).
+    With `fleet_keys` (public key files) it verifies and runs signed commands."""
     config = tmp / f"{name}.yaml"
-    config.write_text(
-        yaml.safe_dump(
+    settings: dict[str, object] = {
+        "fleet": FLEET,
+        "device": name,
+        "data_dir": str(tmp / name),
+        "reported_interval_s": 5,
+        "broker": {"url": broker_url, "reconnect": {"min_delay_s": 0.1, "max_delay_s": 1.0}},
+        "outbox": {"resend_after_s": 1.0},
+        "sensors": [
             {
-                "fleet": FLEET,
-                "device": name,
-                "data_dir": str(tmp / name),
-                "reported_interval_s": 5,
-                "broker": {"url": broker_url, "reconnect": {"min_delay_s": 0.1, "max_delay_s": 1.0}},
-                "outbox": {"resend_after_s": 1.0},
-                "sensors": [
-                    {
-                        "stream": "vibration",
-                        "rate_hz": rate_hz,
-                        "batch": {"max_samples": batch, "max_wait_ms": 100},
-                    }
-                ],
+                "stream": "vibration",
+                "rate_hz": rate_hz,
+                "batch": {"max_samples": batch, "max_wait_ms": 100},
             }
-        )
-    )
+        ],
+    }
+    if fleet_keys:
+        settings["fleet_keys"] = [str(key) for key in fleet_keys]
+    config.write_text(yaml.safe_dump(settings))
     argv = [sys.executable, "-m", "edgekernel", "device", "run", "--config", str(config)]
     return Program(name, argv, tmp / f"{name}.log")
 

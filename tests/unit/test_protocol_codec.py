@@ -395,11 +395,16 @@ def test_missing_fields_are_named(serialize: Serializer, field: str) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [b"raw", cbor2.undefined, cbor2.CBORSimpleValue(99), cbor2.CBORTag(1234, 5), {1: 2}, {"a"}],
-    ids=["bytes", "undefined", "simple", "tag", "int-key", "set"],
+    [b"raw", cbor2.undefined, cbor2.CBORSimpleValue(99), cbor2.CBORTag(1234, 5), {"a"}],
+    ids=["bytes", "undefined", "simple", "tag", "set"],
 )
 def test_cbor_values_json_cannot_spell_are_refused_in_the_body(value: object) -> None:
     assert reason(cbor2.dumps(valid_fields(body={"x": value}))) == "bad-envelope"
+
+
+def test_cbor_map_keys_other_than_strings_are_refused_while_decoding() -> None:
+    """Keys crafted to share one hash would make building the map take quadratic time."""
+    assert reason(cbor2.dumps(valid_fields(body={"x": {1: 2}}))) == "bad-cbor"
 
 
 @pytest.mark.parametrize(
