@@ -16,6 +16,7 @@ exponential backoff and jitter.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import random
@@ -129,7 +130,10 @@ class MqttSession:
         self._subscribed = asyncio.Event()
         self._connected_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        # paho's thread appends; the loop is woken once per burst, not once per message
+        self._inbox: collections.deque[Message | None] = collections.deque()
+        self._inbox_ready = asyncio.Event()
+        self._wake_pending = False
         self._connected = asyncio.Event()
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._closing = threading.Event()
@@ -226,7 +230,7 @@ class MqttSession:
             if not future.done():
                 future.set_exception(NotConnectedError("session closed before the broker acknowledged"))
         self._pending.clear()
-        self._inbox.put_nowait(None)
+        self._deliver(None)
 
     async def __aenter__(self) -> MqttSession:
         self.start()
@@ -334,15 +338,32 @@ class MqttSession:
 
     async def messages(self) -> AsyncIterator[Message]:
         """Every message received, in order, until the session closes."""
+        inbox = self._inbox
         while True:
-            message = await self._inbox.get()
-            if message is None:
-                return
-            yield message
+            while inbox:
+                message = inbox.popleft()
+                if message is None:
+                    return
+                self.stats.received += 1
+                yield message
+            self._wake_pending = False
+            if inbox:  # arrived after the last popleft, before the flag was cleared
+                continue
+            self._inbox_ready.clear()
+            await self._inbox_ready.wait()
 
     @property
     def backlog(self) -> int:
-        return self._inbox.qsize()
+        return len(self._inbox)
+
+    def _deliver(self, message: Message | None) -> None:
+        """From any thread: queue a message; wake the loop unless a wake-up is already on its way."""
+        self._inbox.append(message)
+        if not self._wake_pending:
+            self._wake_pending = True
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._inbox_ready.set)
 
     # -- paho's thread: hand over, never block ----------------------------------------------
 
@@ -466,8 +487,7 @@ class MqttSession:
     @_guarded
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
-        self._call(
-            self._on_received,
+        self._deliver(
             Message(
                 topic=_topic_text(msg),
                 payload=bytes(msg.payload),
@@ -503,10 +523,6 @@ class MqttSession:
             self.stats.disconnects += 1
             self.stats.connected_since = None
             self._connected.clear()
-
-    def _on_received(self, message: Message) -> None:
-        self.stats.received += 1
-        self._inbox.put_nowait(message)
 
     def _resolve(self, mid: int, failure: str | None) -> None:
         future = self._pending.pop(mid, None)

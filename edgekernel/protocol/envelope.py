@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
@@ -75,14 +75,27 @@ class Envelope(BaseModel):
 
 
 def _check_body(body: dict[str, JsonValue]) -> None:
-    stack: list[tuple[JsonValue, int]] = [(body, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, float):
-            if not math.isfinite(item):
+    _check_level(body.values(), 1)
+
+
+def _check_level(children: Iterable[JsonValue], depth: int) -> None:
+    """Recursion stops at MAX_BODY_DEPTH, far below Python's own limit."""
+    for child in children:
+        kind = type(child)
+        if kind is float:
+            if child - child != 0:  # type: ignore[operator]  # inf - inf and nan - nan are nan
                 raise ValueError("numbers in the body must be finite (no NaN or Infinity)")
-        elif isinstance(item, dict | list):
-            if depth > MAX_BODY_DEPTH:
+        elif kind is dict or kind is list:
+            if depth >= MAX_BODY_DEPTH:
                 raise ValueError(f"the body is nested more than {MAX_BODY_DEPTH} levels deep")
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
+            _check_level(child.values() if kind is dict else child, depth + 1)  # type: ignore[union-attr,arg-type]
+        elif isinstance(child, float | dict | list):  # subclasses, from a decoder that makes them
+            _check_level([_plain(child)], depth)
+
+
+def _plain(value: JsonValue) -> JsonValue:
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return list(value) if isinstance(value, list) else value

@@ -8,6 +8,7 @@ depths and kinds with a `ProtocolError`.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -167,8 +168,20 @@ def shared(group: str, topic_filter: str) -> str:
 
 def parse(topic: str) -> Topic:
     """Parse a topic of the wire contract, or raise `ProtocolError` saying why it is not one."""
+    if type(topic) is str:
+        return _parse_cached(topic)
     if not isinstance(topic, str):
         raise ProtocolError("bad-topic", f"a topic is a string, not {type(topic).__name__}")
+    return _parse(str(topic))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(topic: str) -> Topic:
+    """A stream's messages come on one topic: parse it once (a refused topic is not cached)."""
+    return _parse(topic)
+
+
+def _parse(topic: str) -> Topic:
     if len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
         raise ProtocolError("bad-topic", f"topic is longer than {MAX_TOPIC_BYTES} bytes")
     if "+" in topic or "#" in topic:
