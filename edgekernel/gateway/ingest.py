@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter
 
@@ -66,6 +67,11 @@ class Gateway:
         self._rejected: list[Rejected] = []
         self._last_seen: dict[str, float] = {}
         self._wake = asyncio.Event()
+        self._wake_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # handle() runs in paho's network thread: it and the loop share the pending batch under this lock
+        self._lock = threading.Lock()
+        self._first_pending: float | None = None
         self._closing = False
         self._via_coap: set[tuple[str, int]] = set()
         self._dead_letters: list[tuple[str, int]] = []
@@ -97,6 +103,7 @@ class Gateway:
             # without one the others get everything at once (devices resend what was in flight).
             persistent=config.share_group is None,
             max_packet_bytes=max(4 * config.max_payload_bytes, MIN_PACKET_LIMIT),
+            on_message=self.handle,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -104,14 +111,13 @@ class Gateway:
         if self.coap is not None:
             await self.coap.__aenter__()
             log.info("gateway %s serves CoAP ingest on %s/ingest", self.config.gateway, self.coap.url)
+        self._loop = asyncio.get_running_loop()
         self.session.start()
-        inbox = asyncio.create_task(self._inbox_loop(), name="inbox")
         flusher = asyncio.create_task(self._flush_loop(), name="flush")
         try:
             await stop.wait()
         finally:
             await self.session.close()
-            await inbox
             self._closing = True
             self._wake.set()
             await flusher
@@ -121,9 +127,11 @@ class Gateway:
             self.store.close()
             log.info("gateway %s stopped: %s", self.config.gateway, dict(self.counters))
 
-    async def _inbox_loop(self) -> None:
-        async for message in self.session.messages():
-            self.handle(message)
+    def _wake_soon(self) -> None:
+        """From any thread, after queueing under the lock: wake the flusher, once per burst."""
+        if not self._wake_pending and self._loop is not None and not self._loop.is_closed():
+            self._wake_pending = True
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     @property
     def pending(self) -> int:
@@ -133,14 +141,16 @@ class Gateway:
         wait_s = self.config.store.batch_wait_ms / 1000.0
         retry_s = RETRY_MIN_S
         while True:
+            self._wake_pending = False
             self._wake.clear()
             if not self.pending:
                 if self._closing:
                     return
                 await self._wake.wait()
                 continue
-            if len(self._telemetry) < self.config.store.batch_max and not self._closing:
-                await asyncio.sleep(wait_s)
+            waited = time.monotonic() - (self._first_pending or time.monotonic())
+            if len(self._telemetry) < self.config.store.batch_max and not self._closing and waited < wait_s:
+                await asyncio.sleep(wait_s - waited)
             try:
                 await self.flush()
                 retry_s = RETRY_MIN_S
@@ -161,10 +171,17 @@ class Gateway:
 
     async def flush(self) -> None:
         """Write what is pending in one transaction; on failure it stays pending for the next try."""
-        telemetry, devices, rejected, seen = self._telemetry, self._devices, self._rejected, self._last_seen
-        self._telemetry, self._devices, self._rejected, self._last_seen = [], [], [], {}
-        commits, via_coap, dead_letters = self._commits, self._via_coap, self._dead_letters
-        self._commits, self._via_coap, self._dead_letters = [], set(), []
+        with self._lock:
+            telemetry, devices, rejected, seen = (
+                self._telemetry,
+                self._devices,
+                self._rejected,
+                self._last_seen,
+            )
+            self._telemetry, self._devices, self._rejected, self._last_seen = [], [], [], {}
+            commits, via_coap, dead_letters = self._commits, self._via_coap, self._dead_letters
+            self._commits, self._via_coap, self._dead_letters = [], set(), []
+            self._first_pending = None
         updates = devices + [DeviceUpdate(device, at) for device, at in seen.items()]
         if not (telemetry or updates or rejected):
             self._settle(commits)
@@ -172,14 +189,16 @@ class Gateway:
         try:
             result = await asyncio.to_thread(self.store.write, telemetry, updates, rejected)
         except StoreError:
-            self._telemetry = telemetry + self._telemetry
-            self._devices = devices + self._devices
-            self._rejected = rejected + self._rejected
-            for device, at in seen.items():
-                self._last_seen[device] = max(at, self._last_seen.get(device, at))
-            self._commits = commits + self._commits
-            self._via_coap |= via_coap
-            self._dead_letters = dead_letters + self._dead_letters
+            with self._lock:
+                self._telemetry = telemetry + self._telemetry
+                self._devices = devices + self._devices
+                self._rejected = rejected + self._rejected
+                for device, at in seen.items():
+                    self._last_seen[device] = max(at, self._last_seen.get(device, at))
+                self._commits = commits + self._commits
+                self._via_coap |= via_coap
+                self._dead_letters = dead_letters + self._dead_letters
+                self._first_pending = self._first_pending or time.monotonic()
             raise
         self.counters["stored"] += result.stored
         self.counters["duplicates"] += result.duplicates
@@ -227,7 +246,13 @@ class Gateway:
             self.counters["acks_failed"] += 1
 
     def handle(self, message: Message) -> None:
-        """Validate one message and queue what it carries for the next batch."""
+        """Validate one message and queue what it carries for the next batch (in paho's thread, or any)."""
+        with self._lock:
+            self._handle(message)
+            self._first_pending = self._first_pending or time.monotonic()
+        self._wake_soon()
+
+    def _handle(self, message: Message) -> None:
         self.counters["received"] += 1
         try:
             topic = topics.parse(message.topic)
@@ -243,8 +268,6 @@ class Gateway:
             self._accept(received.topic, received.envelope, message.received_at)
         except ProtocolError as err:
             self._refuse(message, err, dead_letter=self._dead_letter(message.topic, message.payload))
-            return
-        self._wake.set()
 
     def _dead_letter(self, topic_text: str, payload: bytes) -> tuple[str, int] | None:
         """(device, seq) when a refused message is a device's own telemetry envelope (too large, or a body
@@ -309,26 +332,28 @@ class Gateway:
     async def _ingest_coap(self, envelope: Envelope) -> AckBody | None:
         """One envelope from a CoAP-only device (decoded and checked by the resource): queued like an
         MQTT message, answered once its batch is committed."""
-        self.counters["received"] += 1
-        self.counters["received:coap"] += 1
         if self._closing:
             raise CoapUnavailable("the gateway is stopping")
-        try:
-            topic = _implied_topic(self.fleet, envelope)
-            if topic.kind is TopicKind.LOG:
-                self.counters["ignored"] += 1
-                return None
-            self._accept(topic, envelope, time.time())
-        except ProtocolError as err:  # the resource checked the envelope; these are the gateway's checks
-            self._refused_coap(b"", err)
-            raise CoapBadRequest(f"{err.reason}: {err}") from err
-        if topic.kind is TopicKind.TELEMETRY and envelope.seq is not None:
-            self._via_coap.add((topic.device, envelope.seq))
-        elif topic.kind in (TopicKind.STATUS, TopicKind.REPORTED):
-            self._bridge(topic, envelope)
         commit: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._commits.append(commit)
-        self._wake.set()
+        with self._lock:
+            self.counters["received"] += 1
+            self.counters["received:coap"] += 1
+            try:
+                topic = _implied_topic(self.fleet, envelope)
+                if topic.kind is TopicKind.LOG:
+                    self.counters["ignored"] += 1
+                    return None
+                self._accept(topic, envelope, time.time())
+            except ProtocolError as err:  # the resource checked the envelope; these are the gateway's own
+                self._refuse(Message(COAP_INGEST_TOPIC, b"", 1, False), err, acknowledge=False)
+                raise CoapBadRequest(f"{err.reason}: {err}") from err
+            if topic.kind is TopicKind.TELEMETRY and envelope.seq is not None:
+                self._via_coap.add((topic.device, envelope.seq))
+            self._commits.append(commit)
+            self._first_pending = self._first_pending or time.monotonic()
+        if topic.kind in (TopicKind.STATUS, TopicKind.REPORTED):
+            self._bridge(topic, envelope)
+        self._wake_soon()
         await commit
         return AckBody.of([envelope.seq]) if envelope.seq is not None else None
 
@@ -352,7 +377,10 @@ class Gateway:
         """The device frees an envelope refused with 4.xx; a dead letter keeps it whole here."""
         message = Message(COAP_INGEST_TOPIC, payload, 1, False, received_at=time.time())
         dead_letter = self._dead_letter(COAP_INGEST_TOPIC, payload)
-        self._refuse(message, err, dead_letter=dead_letter, acknowledge=False)
+        with self._lock:
+            self._refuse(message, err, dead_letter=dead_letter, acknowledge=False)
+            self._first_pending = self._first_pending or time.monotonic()
+        self._wake_soon()
 
     def _health(self) -> Health:
         keep = ("received", "stored", "duplicates", "rejected", "received:coap", "store_failures")
@@ -382,7 +410,6 @@ class Gateway:
             self.counters["dead_letters"] += 1
             if acknowledge:
                 self._dead_letters.append(dead_letter)
-        self._wake.set()
 
 
 COAP_INGEST_TOPIC = "coap:/ingest"  # what the rejected table names as the topic of a refused CoAP post

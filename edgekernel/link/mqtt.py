@@ -118,7 +118,11 @@ class MqttSession:
         birth: MessageFactory | None = None,
         persistent: bool = True,
         max_packet_bytes: int | None = None,
+        on_message: Callable[[Message], None] | None = None,
     ) -> None:
+        """`on_message`, if given, takes every message in paho's network thread instead of `messages`
+        (for a consumer that must keep up with the wire: it has to be quick and thread-safe; what it
+        raises is logged and counted)."""
         self.broker = broker
         self.client_id = client_id
         self.subscriptions = list(subscriptions)
@@ -127,6 +131,7 @@ class MqttSession:
         self._birth = birth
         self._persistent = persistent
         self._max_packet_bytes = max_packet_bytes
+        self._handler = on_message
         self._subscribed = asyncio.Event()
         self._connected_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -487,19 +492,22 @@ class MqttSession:
     @_guarded
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
-        self._deliver(
-            Message(
-                topic=_topic_text(msg),
-                payload=bytes(msg.payload),
-                qos=msg.qos,
-                retain=bool(msg.retain),
-                content_type=getattr(props, "ContentType", None),
-                response_topic=getattr(props, "ResponseTopic", None),
-                correlation_data=getattr(props, "CorrelationData", None),
-                user_properties=tuple(getattr(props, "UserProperty", ()) or ()),
-                received_at=time.time(),
-            ),
+        message = Message(
+            topic=_topic_text(msg),
+            payload=bytes(msg.payload),
+            qos=msg.qos,
+            retain=bool(msg.retain),
+            content_type=getattr(props, "ContentType", None),
+            response_topic=getattr(props, "ResponseTopic", None),
+            correlation_data=getattr(props, "CorrelationData", None),
+            user_properties=tuple(getattr(props, "UserProperty", ()) or ()),
+            received_at=time.time(),
         )
+        if self._handler is None:
+            self._deliver(message)
+        else:
+            self.stats.received += 1
+            self._handler(message)
 
     @_guarded
     def _on_publish(
