@@ -256,18 +256,28 @@ def stop_program(proc: subprocess.Popen[bytes], log_path: Path, timeout: float =
 class GatewayProcess:
     """``python -m edgekernel gateway run`` with its own config and store, stopped with SIGTERM."""
 
-    def __init__(self, workdir: Path, broker_url: str, *, store: dict[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        broker_url: str,
+        *,
+        store: dict[str, object] | None = None,
+        name: str = "gw-1",
+        share_group: str | None = None,
+    ) -> None:
         import yaml
 
         self.store_path = workdir / "gateway.db"
-        self.log_path = workdir / "gateway.log"
-        config = workdir / "gateway.yaml"
-        settings = {
+        self.log_path = workdir / f"{name}.log"
+        config = workdir / f"{name}.yaml"
+        settings: dict[str, object] = {
             "fleet": BENCH_FLEET,
-            "gateway": "gw-1",
+            "gateway": name,
             "broker": {"url": broker_url},
             "store": {"path": str(self.store_path), **(store or {})},
         }
+        if share_group is not None:
+            settings["share_group"] = share_group
         config.write_text(yaml.safe_dump(settings))
         self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
@@ -280,6 +290,16 @@ class GatewayProcess:
         """Start it and return once it has stored a probe (so it is subscribed)."""
         self.proc = start_program("gateway", self.config, self.log_path)
         probe_until(port, lambda: self.count_messages([PROBE_DEVICE]) > 0, timeout=60.0)
+
+    def start_unprobed(self, timeout: float = 60.0) -> None:
+        """Start it and return once it has logged its subscriptions (for a member of a share group,
+        which a probe may not reach)."""
+        self.proc = start_program("gateway", self.config, self.log_path)
+        deadline = time.monotonic() + timeout
+        while "subscribed to" not in (self.log_path.read_text() if self.log_path.exists() else ""):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"the gateway did not subscribe; see {self.log_path}")
+            time.sleep(0.05)
 
     def count_messages(self, devices: Sequence[str]) -> int:
         """Messages stored for these devices (read-only, beside the running gateway)."""
