@@ -217,7 +217,7 @@ class DeviceConfig(Model):
 class StoreConfig(Model):
     path: FilePath
     batch_max: Annotated[int, Field(ge=1, le=100_000)] = 500
-    batch_wait_ms: Annotated[int, Field(ge=0, le=10_000)] = 100
+    batch_wait_ms: Annotated[int, Field(ge=0, le=10_000)] = 20
 
 
 class GatewayConfig(Model):
