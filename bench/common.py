@@ -264,6 +264,7 @@ class GatewayProcess:
         store: dict[str, object] | None = None,
         name: str = "gw-1",
         share_group: str | None = None,
+        processes: int = 1,
     ) -> None:
         import yaml
 
@@ -278,6 +279,9 @@ class GatewayProcess:
         }
         if share_group is not None:
             settings["share_group"] = share_group
+        self.processes = processes
+        if processes != 1:
+            settings["processes"] = processes
         config.write_text(yaml.safe_dump(settings))
         self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
@@ -292,11 +296,13 @@ class GatewayProcess:
         probe_until(port, lambda: self.count_messages([PROBE_DEVICE]) > 0, timeout=60.0)
 
     def start_unprobed(self, timeout: float = 60.0) -> None:
-        """Start it and return once it has logged its subscriptions (for a member of a share group,
-        which a probe may not reach)."""
+        """Start it and return once each of its processes has logged its subscriptions (a probe
+        reaches only one member of a share group)."""
         self.proc = start_program("gateway", self.config, self.log_path)
         deadline = time.monotonic() + timeout
-        while "subscribed to" not in (self.log_path.read_text() if self.log_path.exists() else ""):
+        while (self.log_path.read_text() if self.log_path.exists() else "").count(
+            "subscribed to"
+        ) < self.processes:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"the gateway did not subscribe; see {self.log_path}")
             time.sleep(0.05)

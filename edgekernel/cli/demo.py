@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import os
@@ -20,12 +19,11 @@ import yaml
 from rich.live import Live
 from rich.table import Table
 
-from edgekernel.cli.common import Exit, console, err_console, fail
+from edgekernel.cli.common import Exit, console, die_with_parent, err_console, fail
 from edgekernel.config import ConfigError, load_device, load_gateway
 from edgekernel.gateway import DeviceSummary, StoreError, read_summary
 from edgekernel.link import BrokerError, Mosquitto, find_mosquitto, free_port
 
-PR_SET_PDEATHSIG = 1
 FLEET = "demo"
 GATEWAY = "gw-1"
 
@@ -117,7 +115,7 @@ class Child:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 (children start before any thread does)
+                preexec_fn=die_with_parent,  # noqa: PLW1509 (children start before any thread does)
             )
 
     @property
@@ -141,15 +139,6 @@ class Child:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: Linux sends it SIGTERM if the demo dies without cleaning up."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 class Demo:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -13,7 +14,15 @@ from typing import Annotated, TypeVar, cast
 import typer
 from rich.table import Table
 
-from edgekernel.cli.common import BROKER_OPTION_HELP, Exit, console, fail, run_until_signal, setup_logging
+from edgekernel.cli.common import (
+    BROKER_OPTION_HELP,
+    Exit,
+    console,
+    die_with_parent,
+    fail,
+    run_until_signal,
+    setup_logging,
+)
 from edgekernel.config import DeviceConfig, GatewayConfig, load_device, load_gateway
 from edgekernel.errors import EdgeKernelError
 
@@ -85,18 +94,29 @@ def gateway_run(
     broker: BrokerOption = None,
     duration: DurationOption = None,
     verbose: VerboseOption = 0,
+    member: Annotated[int, typer.Option("--member", hidden=True)] = 0,
 ) -> None:
-    """Run the gateway until Ctrl-C (or SIGTERM), storing what the fleet sends."""
-    from edgekernel.gateway import Gateway  # noqa: PLC0415 (keeps `--help` fast)
+    """Run the gateway until Ctrl-C (or SIGTERM), storing what the fleet sends; with `processes` above
+    1 in its config, it starts (and watches) that many processes in all."""
+    from edgekernel.cli.members import Members  # noqa: PLC0415 (keeps `--help` fast)
+    from edgekernel.gateway import Gateway  # noqa: PLC0415
 
-    _start(
-        load_gateway,
-        lambda cfg: Gateway(cfg).run,
-        config=config,
-        broker=broker,
-        duration=duration,
-        verbose=verbose,
-    )
+    if member:
+        die_with_parent()
+
+    def build(cfg: GatewayConfig) -> Program:
+        gateway = Gateway(cfg, member=member)
+        if member or cfg.processes == 1:
+            return gateway.run
+        extra = [*(["--broker", broker] if broker else []), *(["-v"] * verbose)]
+
+        def argv(number: int) -> list[str]:
+            run = [sys.executable, "-m", "edgekernel", "gateway", "run", "--config", str(config)]
+            return [*run, "--member", str(number), *extra]
+
+        return Members(cfg.processes - 1, argv).around(gateway.run)
+
+    _start(load_gateway, build, config=config, broker=broker, duration=duration, verbose=verbose)
 
 
 @gateway_app.command("stats")

@@ -226,8 +226,17 @@ class GatewayConfig(Model):
     broker: BrokerConfig = BrokerConfig()
     store: StoreConfig
     share_group: Id | None = Field(None, description="join $share/{group}/… to split load")
+    processes: Annotated[int, Field(ge=1, le=64)] = Field(
+        1,
+        description="gateway processes that split the fleet's messages through a share group (named "
+        "after the gateway unless share_group is set) and write one store: more than 1 uses more cores",
+    )
     max_payload_bytes: Annotated[int, Field(ge=256, le=256 * 1024 * 1024)] = DEFAULT_MAX_PAYLOAD
     coap: CoapServerConfig | None = Field(None, description="serve POST /ingest for CoAP-only devices")
+
+    @property
+    def effective_share_group(self) -> str | None:
+        return self.share_group if self.share_group is not None or self.processes == 1 else self.gateway
 
 
 class FleetConfig(Model):

@@ -57,8 +57,10 @@ CLOSE_RETRIES = 10
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, *, member: int = 0) -> None:
+        """`member`: which of the gateway's `processes` this is; only member 0 serves CoAP."""
         self.config = config
+        self.member = member
         self.fleet = config.fleet
         self.store = Store(config.store.path)
         self.counters: Counter[str] = Counter()
@@ -77,7 +79,7 @@ class Gateway:
         self._dead_letters: list[tuple[str, int]] = []
         self._commits: list[asyncio.Future[None]] = []
         self.coap: CoapServer | None = None
-        if config.coap is not None:
+        if config.coap is not None and member == 0:
             self.coap = CoapServer(
                 config.coap.host,
                 config.coap.port,
@@ -88,20 +90,21 @@ class Gateway:
             )
         everything = topics.fleet_subscription(self.fleet)
         subscriptions = [(everything, 1)]
-        if config.share_group is not None:
+        share_group = config.effective_share_group
+        if share_group is not None:
             subscriptions = [
-                (topics.shared(config.share_group, everything), 1),
+                (topics.shared(share_group, everything), 1),
                 (topics.subscription(self.fleet, TopicKind.STATUS), 1),
                 (topics.subscription(self.fleet, TopicKind.REPORTED), 1),
             ]
         self.session = MqttSession(
             config.broker,
-            client_id=f"ek-{self.fleet}-gw-{config.gateway}",
+            client_id=f"ek-{self.fleet}-gw-{config.gateway}" + (f"-{member}" if member else ""),
             subscriptions=subscriptions,
             # A member of a share group keeps no session: Mosquitto goes on handing a disconnected
             # member with a session its share of the messages until that session expires, whereas
             # without one the others get everything at once (devices resend what was in flight).
-            persistent=config.share_group is None,
+            persistent=share_group is None,
             max_packet_bytes=max(4 * config.max_payload_bytes, MIN_PACKET_LIMIT),
             on_message=self.handle,
         )
@@ -125,7 +128,8 @@ class Gateway:
             if self.coap is not None:
                 await self.coap.__aexit__(None, None, None)
             self.store.close()
-            log.info("gateway %s stopped: %s", self.config.gateway, dict(self.counters))
+            name = self.config.gateway + (f"/{self.member}" if self.member else "")
+            log.info("gateway %s stopped: %s", name, dict(self.counters))
 
     def _wake_soon(self) -> None:
         """From any thread, after queueing under the lock: wake the flusher, once per burst."""

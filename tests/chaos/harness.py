@@ -90,7 +90,14 @@ def device(
     return Program(name, argv, tmp / f"{name}.log")
 
 
-def gateway(tmp: Path, broker_url: str, *, name: str = "gw-1", share_group: str | None = None) -> Program:
+def gateway(
+    tmp: Path,
+    broker_url: str,
+    *,
+    name: str = "gw-1",
+    share_group: str | None = None,
+    processes: int = 1,
+) -> Program:
     """A gateway process storing into `tmp`/store.db; gateways given the same `share_group` split the
     fleet's messages between them (and share that store)."""
     config = tmp / f"{name}.yaml"
@@ -102,6 +109,8 @@ def gateway(tmp: Path, broker_url: str, *, name: str = "gw-1", share_group: str 
     }
     if share_group is not None:
         settings["share_group"] = share_group
+    if processes != 1:
+        settings["processes"] = processes
     config.write_text(yaml.safe_dump(settings))
     argv = [sys.executable, "-m", "edgekernel", "gateway", "run", "--config", str(config)]
     return Program(name, argv, tmp / f"{name}.log")
