@@ -117,9 +117,11 @@ class Gateway:
         self._loop = asyncio.get_running_loop()
         self.session.start()
         flusher = asyncio.create_task(self._flush_loop(), name="flush")
+        announce = asyncio.create_task(self._announce(), name="announce")
         try:
             await stop.wait()
         finally:
+            announce.cancel()
             await self.session.close()
             self._closing = True
             self._wake.set()
@@ -128,8 +130,16 @@ class Gateway:
             if self.coap is not None:
                 await self.coap.__aexit__(None, None, None)
             self.store.close()
-            name = self.config.gateway + (f"/{self.member}" if self.member else "")
-            log.info("gateway %s stopped: %s", name, dict(self.counters))
+            log.info("gateway %s stopped: %s", self._name, dict(self.counters))
+
+    async def _announce(self) -> None:
+        await self.session.wait_subscribed()
+        filters = ", ".join(topic for topic, _ in self.session.subscriptions)
+        log.info("gateway %s subscribed to %s", self._name, filters)
+
+    @property
+    def _name(self) -> str:
+        return self.config.gateway + (f"/{self.member}" if self.member else "")
 
     def _wake_soon(self) -> None:
         """From any thread, after queueing under the lock: wake the flusher, once per burst."""

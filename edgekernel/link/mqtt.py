@@ -487,7 +487,7 @@ class MqttSession:
                 self.stats.subscribe_failures += 1
                 self.stats.last_error = f"broker refused the subscription to {topic_filter!r}: {reason}"
                 log.warning("%s: %s", self.client_id, self.stats.last_error)
-        log.info("%s: subscribed to %s", self.client_id, ", ".join(f for f, _ in self.subscriptions))
+        log.debug("%s: subscribed to %s", self.client_id, ", ".join(f for f, _ in self.subscriptions))
         self._call(self._subscribed.set)
 
     @_guarded
