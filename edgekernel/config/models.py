@@ -88,22 +88,26 @@ class BrokerConfig(Model):
 
 def parse_broker_url(url: str) -> tuple[str, str, int]:
     """``mqtt://host[:port]`` or ``mqtts://host[:port]`` → (scheme, host, port)."""
+    return _parse_url(url, "broker", {"mqtt": 1883, "mqtts": 8883})
+
+
+def _parse_url(url: str, what: str, schemes: dict[str, int]) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL that may hold only those, with `schemes`' default ports."""
     parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"broker url {url!r} must start with mqtt:// or mqtts://")
+    if parts.scheme not in schemes:
+        allowed = " or ".join(f"{scheme}://" for scheme in schemes)
+        raise ValueError(f"{what} url {url!r} must start with {allowed}")
     if not parts.hostname:
-        raise ValueError(f"broker url {url!r} has no host")
+        raise ValueError(f"{what} url {url!r} has no host")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"broker url {url!r} may only hold scheme, host and port")
+        raise ValueError(f"{what} url {url!r} may only hold scheme, host and port")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"broker url {url!r} has a bad port") from None
-    if port is None:
-        port = 8883 if parts.scheme == "mqtts" else 1883
+        raise ValueError(f"{what} url {url!r} has a bad port") from None
     if port == 0:
-        raise ValueError(f"broker url {url!r} has a bad port")
-    return parts.scheme, parts.hostname, port
+        raise ValueError(f"{what} url {url!r} has a bad port")
+    return parts.scheme, parts.hostname, schemes[parts.scheme] if port is None else port
 
 
 Port = Annotated[int, Field(ge=0, le=65535, description="UDP port; 0 picks a free one")]
@@ -137,21 +141,9 @@ class DeviceCoapConfig(CoapServerConfig):
 
 
 def parse_coap_url(url: str) -> tuple[str, int]:
-    """``coap://host[:port]`` → (host, port)."""
-    parts = urlsplit(url)
-    if parts.scheme != "coap":
-        raise ValueError(f"gateway url {url!r} must start with coap:// (coaps is not supported)")
-    if not parts.hostname:
-        raise ValueError(f"gateway url {url!r} has no host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"gateway url {url!r} may only hold scheme, host and port")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"gateway url {url!r} has a bad port") from None
-    if port == 0:
-        raise ValueError(f"gateway url {url!r} has a bad port")
-    return parts.hostname, 5683 if port is None else port
+    """``coap://host[:port]`` → (host, port); coaps is not supported."""
+    _, host, port = _parse_url(url, "gateway", {"coap": 5683})
+    return host, port
 
 
 class BatchConfig(Model):
