@@ -14,6 +14,7 @@ status and reported are republished, retained, on its MQTT topics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -122,6 +123,9 @@ class Gateway:
             await stop.wait()
         finally:
             announce.cancel()
+            if self.session.connected:  # store and acknowledge what came, while acks can still go out
+                with contextlib.suppress(StoreError):
+                    await self.flush()
             await self.session.close()
             self._closing = True
             self._wake.set()
