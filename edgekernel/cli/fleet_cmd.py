@@ -183,6 +183,30 @@ def keygen(
     console.print(f"fleet key {key.key_id}: private {private} (0600), public {public}")
 
 
+@app.command("acl")
+def acl(
+    gateway: Annotated[
+        list[str], typer.Option("--gateway-user", help="A gateway's broker user name (repeat for more).")
+    ] = [],  # noqa: B006 (typer reads the default)
+    operator: Annotated[
+        list[str],
+        typer.Option("--operator-user", help="A user that may read and write the whole fleet (repeat)."),
+    ] = [],  # noqa: B006
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Fleet config.")] = None,
+    fleet: Annotated[str | None, typer.Option("--fleet", help="Fleet id; overrides the config file.")] = None,
+) -> None:
+    """Print a Mosquitto acl_file for the fleet: devices (user name = device id) publish only as
+    themselves and read only their own desired, ack and cmd; gateways read everything and write acks."""
+    from edgekernel.fleet.acl import mosquitto_acl  # noqa: PLC0415 (keeps `--help` fast)
+
+    _, fleet_id = resolve_target(config, None, fleet)
+    try:
+        text = mosquitto_acl(fleet_id, gateways=gateway, operators=operator)
+    except ValueError as err:
+        fail(str(err), Exit.USAGE)
+    typer.echo(text, nl=False)
+
+
 def _parse_args(pairs: list[str]) -> dict[str, JsonValue]:
     """``name=value`` pairs; a value is read as JSON when it parses, else kept as text."""
     args: dict[str, JsonValue] = {}

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pydantic import JsonValue
 
 from edgekernel.config.models import BrokerConfig
+from edgekernel.fleet.acl import REPLY_ROOT
 from edgekernel.link import LinkError, MqttSession
 from edgekernel.protocol import FleetKey, ProtocolError, ReplyBody, decode, encode, sign_command, topics
-
-REPLY_ROOT = "ek-reply"
 
 
 class CallTimeoutError(LinkError):

@@ -76,7 +76,8 @@ class BrokerTls:
 class Mosquitto:
     """``with Mosquitto(workdir) as broker: broker.url`` — a broker of our own.
 
-    `password_file` (made with ``mosquitto_passwd``) turns anonymous access off; `tls` makes the
+    `password_file` (made with ``mosquitto_passwd``) turns anonymous access off, `acl_file` confines
+    each user (see `edgekernel.fleet.acl`); `tls` makes the
     listener speak TLS only, and `url` then starts with ``mqtts://``.
     """
 
@@ -90,6 +91,7 @@ class Mosquitto:
         autosave_interval_s: int = 1,
         extra_config: str = "",
         password_file: Path | None = None,
+        acl_file: Path | None = None,
         tls: BrokerTls | None = None,
     ) -> None:
         self.workdir = Path(workdir)
@@ -99,6 +101,7 @@ class Mosquitto:
         self.autosave_interval_s = autosave_interval_s
         self.extra_config = extra_config
         self.password_file = password_file
+        self.acl_file = acl_file
         self.tls = tls
         self.binary = find_mosquitto()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -144,6 +147,8 @@ class Mosquitto:
         ]
         if self.password_file is not None:
             lines.append(f"password_file {Path(self.password_file).resolve()}")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {Path(self.acl_file).resolve()}")
         if os.geteuid() == 0:
             lines.append("user root")
         if self.extra_config:
