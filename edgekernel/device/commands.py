@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import JsonValue
 
+from edgekernel.device.state import DeviceState, StateError
 from edgekernel.link import Message, MqttSession
 from edgekernel.protocol import (
     CONTENT_TYPES,
@@ -50,7 +51,9 @@ class Commands:
         *,
         keys: list[Path],
         encoding: Encoding = Encoding.JSON,
+        state: DeviceState | None = None,
     ) -> None:
+        """With `state`, the ids of accepted commands outlive the process (no replay after a restart)."""
         self.device = device
         self.session = session
         self.encoding = encoding
@@ -58,6 +61,10 @@ class Commands:
         self.handlers: dict[str, Handler] = {}
         self._replies = ReplyCache()
         self._verifier = CommandVerifier(FleetVerifier.load(*keys), device=device) if keys else None
+        self._state = state
+        if state is not None and self._verifier is not None:
+            for command_id, expires_at in state.accepted_commands(time.time()):
+                self._verifier.remember(command_id, expires_at)
 
     def register(self, name: str, handler: Handler) -> None:
         self.handlers[name] = handler
@@ -72,6 +79,11 @@ class Commands:
             if self._verifier is None:
                 raise ProtocolError("no-keys", "this device has no fleet key to verify commands with")
             command = self._verifier.verify(envelope)
+            if self._state is not None:
+                try:
+                    self._state.accept_command(command.id, command.expires_at, time.time())
+                except StateError as err:
+                    raise ProtocolError("state-error", f"cannot record the command: {err}") from err
         except ProtocolError as err:
             self.counters[f"refused:{err.reason}"] += 1
             log.warning("refused command %s: %s", envelope.id, err)

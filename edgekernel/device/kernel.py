@@ -114,7 +114,7 @@ class Kernel:
                 max_packet_bytes=MAX_PACKET_BYTES,
             )
             self.commands = Commands(
-                self.device, self.session, keys=config.fleet_keys, encoding=config.encoding
+                self.device, self.session, keys=config.fleet_keys, encoding=config.encoding, state=self.state
             )
             self.commands.register("ping", self._ping)
             self.commands.register("stats", self._stats)

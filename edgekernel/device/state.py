@@ -1,4 +1,6 @@
-"""The device's durable counters: the boot id survives restarts (the seq lives in the outbox).
+"""The device's durable counters: the boot id survives restarts (the seq lives in the outbox); and the
+ids of the commands it has accepted, until they expire, so that a restart does not open a window to
+replay them.
 
 A small SQLite (WAL) file in the device's data_dir. The boot id is taken from paho's thread (before
 each connect) and read from the asyncio loop, so every call holds a lock.
@@ -27,6 +29,9 @@ class DeviceState:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS commands (id TEXT PRIMARY KEY, expires_at REAL NOT NULL)"
             )
         except (OSError, sqlite3.Error) as err:
             raise StateError(f"cannot open device state {self.path}: {err}") from err
@@ -61,6 +66,28 @@ class DeviceState:
         """A new boot id, one per connection attempt."""
         self.boot = self._advance("boot", 1)
         return self.boot
+
+    def accepted_commands(self, now: float) -> list[tuple[str, float]]:
+        """(id, expires_at) of every command accepted and not yet expired."""
+        with self._lock:
+            try:
+                self._db.execute("DELETE FROM commands WHERE expires_at <= ?", (now,))
+                return list(self._db.execute("SELECT id, expires_at FROM commands ORDER BY expires_at"))
+            except sqlite3.Error as err:
+                raise StateError(f"cannot read device state {self.path}: {err}") from err
+
+    def accept_command(self, command_id: str, expires_at: float, now: float) -> None:
+        """Keep an accepted command's id until it expires (committed before the command runs)."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("DELETE FROM commands WHERE expires_at <= ?", (now,))
+                self._db.execute("INSERT OR IGNORE INTO commands VALUES (?, ?)", (command_id, expires_at))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as err:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StateError(f"cannot write device state {self.path}: {err}") from err
 
     def close(self) -> None:
         with self._lock:

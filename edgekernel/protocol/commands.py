@@ -405,6 +405,12 @@ class CommandVerifier:
     def remembered(self) -> int:
         return len(self._seen)
 
+    def remember(self, command_id: str, expires_at: float) -> None:
+        """Take an id accepted before (by an earlier run of the device) as seen until `expires_at`."""
+        evicted = self._seen.put(command_id, expires_at, None)
+        if evicted is not None:
+            self._floor = max(self._floor, evicted)
+
     def verify(self, envelope: Envelope, now: float | None = None) -> VerifiedCommand:
         """The command, once every check has passed and its id is remembered; else `ProtocolError`."""
         now = time.time() if now is None else now
