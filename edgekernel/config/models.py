@@ -120,6 +120,16 @@ class CoapServerConfig(Model):
     port: Port = 5683
 
 
+class GatewayCoapConfig(CoapServerConfig):
+    """The gateway's CoAP ingest for CoAP-only devices."""
+
+    offline_after_s: Seconds = Field(
+        120.0,
+        description="a CoAP-only device silent this long is marked offline, retained on its status topic "
+        "(CoAP has no Last Will); keep it above the devices' reported_interval_s",
+    )
+
+
 class DeviceCoapConfig(CoapServerConfig):
     """The device's CoAP server (/.well-known/core, /health, /telemetry/{stream}, /infer/{model}) and,
     with `gateway_url`, the CoAP-only mode: envelopes go to the gateway's /ingest instead of the broker."""
@@ -224,7 +234,7 @@ class GatewayConfig(Model):
         "after the gateway unless share_group is set) and write one store: more than 1 uses more cores",
     )
     max_payload_bytes: Annotated[int, Field(ge=256, le=256 * 1024 * 1024)] = DEFAULT_MAX_PAYLOAD
-    coap: CoapServerConfig | None = Field(None, description="serve POST /ingest for CoAP-only devices")
+    coap: GatewayCoapConfig | None = Field(None, description="serve POST /ingest for CoAP-only devices")
 
     @property
     def effective_share_group(self) -> str | None:

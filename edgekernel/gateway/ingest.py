@@ -77,6 +77,7 @@ class Gateway:
         self._first_pending: float | None = None
         self._closing = False
         self._via_coap: set[tuple[str, int]] = set()
+        self._coap_devices: dict[str, tuple[float, int]] = {}  # device -> (last heard, monotonic; boot)
         self._dead_letters: list[tuple[str, int]] = []
         self._commits: list[asyncio.Future[None]] = []
         self.coap: CoapServer | None = None
@@ -119,10 +120,12 @@ class Gateway:
         self.session.start()
         flusher = asyncio.create_task(self._flush_loop(), name="flush")
         announce = asyncio.create_task(self._announce(), name="announce")
+        watch = asyncio.create_task(self._watch_coap_devices(), name="coap-liveness")
         try:
             await stop.wait()
         finally:
             announce.cancel()
+            watch.cancel()
             if self.session.connected:  # store and acknowledge what came, while acks can still go out
                 with contextlib.suppress(StoreError):
                     await self.flush()
@@ -365,6 +368,7 @@ class Gateway:
             except ProtocolError as err:  # the resource checked the envelope; these are the gateway's own
                 self._refuse(Message(COAP_INGEST_TOPIC, b"", 1, False), err, acknowledge=False)
                 raise CoapBadRequest(f"{err.reason}: {err}") from err
+            self._heard(topic.device, envelope)
             if topic.kind is TopicKind.TELEMETRY and envelope.seq is not None:
                 self._via_coap.add((topic.device, envelope.seq))
             self._commits.append(commit)
@@ -374,6 +378,39 @@ class Gateway:
         self._wake_soon()
         await commit
         return AckBody.of([envelope.seq]) if envelope.seq is not None else None
+
+    def _heard(self, device: str, envelope: Envelope) -> None:
+        """A CoAP-only device is alive; one that said goodbye (status offline) is no longer watched."""
+        boot = self._coap_devices.get(device, (0.0, 0))[1]
+        if envelope.type == "status":
+            status = StatusBody.from_envelope(envelope)
+            if not status.online:
+                self._coap_devices.pop(device, None)
+                return
+            boot = status.boot
+        self._coap_devices[device] = (time.monotonic(), boot)
+
+    async def _watch_coap_devices(self) -> None:
+        """CoAP has no Last Will: a CoAP-only device silent for offline_after_s is marked offline here,
+        in the store and retained on its status topic, as the broker would for an MQTT device."""
+        if self.config.coap is None or self.coap is None:
+            return
+        limit = self.config.coap.offline_after_s
+        while True:
+            await asyncio.sleep(min(5.0, limit / 4))
+            now = time.monotonic()
+            for device, (heard, boot) in list(self._coap_devices.items()):
+                if now - heard < limit:
+                    continue
+                del self._coap_devices[device]
+                status = StatusBody(online=False, boot=boot).to_envelope(device)
+                with self._lock:
+                    self._devices.append(DeviceUpdate(device, time.time(), online=False, status_ts=status.ts))
+                    self._first_pending = self._first_pending or time.monotonic()
+                    self.counters["coap_offline"] += 1
+                self._wake_soon()
+                self._bridge(Topic(self.fleet, device, TopicKind.STATUS), status)
+                log.warning("%s has not posted over CoAP for %.0f s: marked offline", device, now - heard)
 
     def _bridge(self, topic: Topic, envelope: Envelope) -> None:
         """A CoAP-only device's status and reported go on its MQTT topics, retained, as if it had

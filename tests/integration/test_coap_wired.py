@@ -6,17 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from edgekernel.config import BrokerConfig, DeviceConfig, GatewayConfig, OutboxConfig
 from edgekernel.config.kernel import KernelConfig, ModelSpec
 from edgekernel.config.models import (
     BatchConfig,
-    CoapServerConfig,
     DeviceCoapConfig,
+    GatewayCoapConfig,
     ReconnectConfig,
     SensorConfig,
     SimSignal,
@@ -79,7 +81,7 @@ def gateway(broker: Mosquitto, tmp_path: Path, coap_port: int) -> Gateway:
             gateway="gw-1",
             broker=BrokerConfig(url=broker.url, reconnect=FAST),
             store=StoreConfig(path=tmp_path / "store.db", batch_wait_ms=20),
-            coap=CoapServerConfig(host="127.0.0.1", port=coap_port),
+            coap=GatewayCoapConfig(host="127.0.0.1", port=coap_port),
         )
     )
 
@@ -227,3 +229,65 @@ def test_gateway_refuses_bad_posts_with_a_reason(broker: Mosquitto, tmp_path: Pa
         assert "wrong-type" in reasons
 
     asyncio.run(scenario())
+
+
+def test_a_coap_only_device_that_dies_is_marked_offline(broker: Mosquitto, tmp_path: Path) -> None:
+    """No Last Will over CoAP: the gateway marks a silent CoAP-only device offline itself."""
+    port = free_port()
+    config = tmp_path / "dev-1.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "fleet": FLEET,
+                "device": "dev-1",
+                "data_dir": str(tmp_path / "dev-1"),
+                "coap": {"serve": False, "gateway_url": f"coap://127.0.0.1:{port}"},
+                "sensors": [{"stream": "vibration", "rate_hz": 20}],
+            }
+        )
+    )
+
+    async def scenario() -> None:
+        gw = Gateway(
+            GatewayConfig(
+                fleet=FLEET,
+                gateway="gw-1",
+                broker=BrokerConfig(url=broker.url, reconnect=FAST),
+                store=StoreConfig(path=tmp_path / "store.db", batch_wait_ms=20),
+                coap=GatewayCoapConfig(host="127.0.0.1", port=port, offline_after_s=1.5),
+            )
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(gw.run(stop))
+        argv = [sys.executable, "-m", "edgekernel", "device", "run", "--config", str(config)]
+        dev = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        try:
+            await wait_until(lambda: device_online(tmp_path) is True, timeout=20, what="online")
+            dev.kill()  # no goodbye
+            await dev.wait()
+            await wait_until(lambda: device_online(tmp_path) is False, timeout=10, what="marked offline")
+            async with Collector(broker.url, topics.status(FLEET, "dev-1")) as seen:
+                await seen.wait_for(lambda ms: len(ms) >= 1, what="the retained status")
+                assert StatusBody.from_envelope(decode(seen.messages[-1].payload)).online is False
+        finally:
+            if dev.returncode is None:
+                dev.kill()
+                await dev.wait()
+            stop.set()
+            await task
+        assert gw.counters["coap_offline"] == 1
+
+    asyncio.run(scenario())
+
+
+def device_online(tmp_path: Path) -> bool | None:
+    if not (tmp_path / "store.db").exists():
+        return None
+    try:
+        with sqlite3.connect(tmp_path / "store.db") as db:
+            row = db.execute("SELECT online FROM devices WHERE device = 'dev-1'").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return None if row is None or row[0] is None else bool(row[0])

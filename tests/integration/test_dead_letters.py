@@ -13,8 +13,8 @@ import pytest
 from edgekernel.config import BrokerConfig, DeviceConfig, GatewayConfig, OutboxConfig
 from edgekernel.config.models import (
     BatchConfig,
-    CoapServerConfig,
     DeviceCoapConfig,
+    GatewayCoapConfig,
     ReconnectConfig,
     SensorConfig,
     StoreConfig,
@@ -75,7 +75,7 @@ def test_a_message_the_gateway_can_never_take_is_dead_lettered_not_resent(
             broker=BrokerConfig(url=broker.url, reconnect=FAST),
             store=StoreConfig(path=tmp_path / "store.db", batch_wait_ms=20),
             max_payload_bytes=LIMIT,
-            coap=CoapServerConfig(host="127.0.0.1", port=coap_port),
+            coap=GatewayCoapConfig(host="127.0.0.1", port=coap_port),
         )
     )
     store = tmp_path / "store.db"
