@@ -30,7 +30,7 @@ class Members:
         async def run(stop: asyncio.Event) -> None:
             for number in self.numbers:
                 self._spawn(number)
-            watcher = asyncio.create_task(self._watch(), name="members")
+            watcher = asyncio.create_task(self._watch(stop), name="members")
             try:
                 await main(stop)
             finally:
@@ -43,17 +43,22 @@ class Members:
         self.procs[number] = subprocess.Popen(self.argv(number), stdin=subprocess.DEVNULL)
         log.info("gateway member %d started (pid %d)", number, self.procs[number].pid)
 
-    async def _watch(self) -> None:
+    async def _watch(self, stop: asyncio.Event) -> None:
+        """Restart a member that exits, until the gateway is stopping (a Ctrl-C reaches them all)."""
         delay = dict.fromkeys(self.numbers, RESTART_MIN_S)
         while True:
             await asyncio.sleep(RESTART_MIN_S)
             for number, proc in list(self.procs.items()):
                 code = proc.poll()
+                if stop.is_set():
+                    return
                 if code is None:
                     delay[number] = RESTART_MIN_S
                     continue
                 log.error("gateway member %d exited (%d); restarting in %.0f s", number, code, delay[number])
                 await asyncio.sleep(delay[number])
+                if stop.is_set():
+                    return
                 delay[number] = min(delay[number] * 2, RESTART_MAX_S)
                 self.restarts += 1
                 self._spawn(number)

@@ -123,6 +123,11 @@ class CoapServerConfig(Model):
 class GatewayCoapConfig(CoapServerConfig):
     """The gateway's CoAP ingest for CoAP-only devices."""
 
+    devices: list[Id] | None = Field(
+        None,
+        description="the CoAP-only devices that may post (anything else is refused with 4.03); unset, "
+        "any sender is believed, so serve CoAP on a trusted network only",
+    )
     offline_after_s: Seconds = Field(
         120.0,
         description="a CoAP-only device silent this long is marked offline, retained on its status topic "

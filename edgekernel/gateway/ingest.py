@@ -30,7 +30,7 @@ from edgekernel.gateway.store import (
     encode_fields,
 )
 from edgekernel.link import Message, MqttSession
-from edgekernel.link.coap import CoapBadRequest, CoapServer, CoapUnavailable, Health
+from edgekernel.link.coap import CoapBadRequest, CoapError, CoapServer, CoapUnavailable, Health
 from edgekernel.protocol import (
     CONTENT_TYPES,
     Encoding,
@@ -46,7 +46,7 @@ from edgekernel.protocol import (
     inbound,
     topics,
 )
-from edgekernel.protocol.bodies import AckBody
+from edgekernel.protocol.bodies import MAX_ACK_RANGES, AckBody
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ MIN_PACKET_LIMIT = 1 << 20  # larger packets are dropped by the broker, smaller 
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
 CLOSE_RETRIES = 10
+ACK_DRAIN_S = 3.0
+FORBIDDEN = "4.03"
 
 
 class Gateway:
@@ -79,6 +81,7 @@ class Gateway:
         self._via_coap: set[tuple[str, int]] = set()
         self._coap_devices: dict[str, tuple[float, int]] = {}  # device -> (last heard, monotonic; boot)
         self._dead_letters: list[tuple[str, int]] = []
+        self._acks_in_flight: set[asyncio.Future[None]] = set()
         self._commits: list[asyncio.Future[None]] = []
         self.coap: CoapServer | None = None
         if config.coap is not None and member == 0:
@@ -129,6 +132,8 @@ class Gateway:
             if self.session.connected:  # store and acknowledge what came, while acks can still go out
                 with contextlib.suppress(StoreError):
                     await self.flush()
+                if self._acks_in_flight:  # paho holds back publishes beyond its in-flight window
+                    await asyncio.wait(set(self._acks_in_flight), timeout=ACK_DRAIN_S)
             await self.session.close()
             self._closing = True
             self._wake.set()
@@ -189,6 +194,10 @@ class Gateway:
                     return
                 await asyncio.sleep(retry_s)
                 retry_s = min(retry_s * 2, RETRY_MAX_S)
+            except Exception:  # a bug must not stop the storing for good: what was stored is re-sent
+                self.counters["flush_errors"] += 1
+                log.exception("flush failed")
+                await asyncio.sleep(retry_s)
 
     async def flush(self) -> None:
         """Write what is pending in one transaction; on failure it stays pending for the next try."""
@@ -252,17 +261,19 @@ class Gateway:
             if not self.session.connected:
                 self.counters["acks_deferred"] += 1  # the device re-sends; its duplicate is acked then
                 continue
-            envelope = AckBody.of(seqs).to_envelope(self.config.gateway)
-            future = self.session.publish_nowait(
-                topics.ack(self.fleet, device),
-                encode(envelope),
-                qos=1,
-                content_type=CONTENT_TYPES[Encoding.JSON],
-            )
-            future.add_done_callback(self._count_ack)
-            self.counters["acks_sent"] += 1
+            for ack in ack_bodies(seqs):
+                future = self.session.publish_nowait(
+                    topics.ack(self.fleet, device),
+                    encode(ack.to_envelope(self.config.gateway)),
+                    qos=1,
+                    content_type=CONTENT_TYPES[Encoding.JSON],
+                )
+                self._acks_in_flight.add(future)
+                future.add_done_callback(self._count_ack)
+                self.counters["acks_sent"] += 1
 
     def _count_ack(self, future: asyncio.Future[None]) -> None:
+        self._acks_in_flight.discard(future)
         if not future.cancelled() and future.exception() is not None:
             self.counters["acks_failed"] += 1
 
@@ -355,6 +366,13 @@ class Gateway:
         MQTT message, answered once its batch is committed."""
         if self._closing:
             raise CoapUnavailable("the gateway is stopping")
+        allowed = self.config.coap.devices if self.config.coap is not None else None
+        if allowed is not None and envelope.src not in allowed:
+            err = ProtocolError("not-allowed", f"{envelope.src!r} is not a CoAP device of this gateway")
+            with self._lock:
+                self._refuse(Message(COAP_INGEST_TOPIC, b"", 1, False), err, acknowledge=False)
+            self._wake_soon()
+            raise CoapError(str(err), code=FORBIDDEN)
         commit: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._lock:
             self.counters["received"] += 1
@@ -465,6 +483,22 @@ class Gateway:
             self.counters["dead_letters"] += 1
             if acknowledge:
                 self._dead_letters.append(dead_letter)
+
+
+def ack_bodies(seqs: list[int]) -> list[AckBody]:
+    """The acks for `seqs`, each within the wire contract's limit of ranges."""
+    ranges = _ranges(seqs)
+    return [AckBody(ranges=ranges[i : i + MAX_ACK_RANGES]) for i in range(0, len(ranges), MAX_ACK_RANGES)]
+
+
+def _ranges(seqs: list[int]) -> list[list[int]]:
+    ranges: list[list[int]] = []
+    for seq in sorted(set(seqs)):
+        if ranges and seq == ranges[-1][1] + 1:
+            ranges[-1][1] = seq
+        else:
+            ranges.append([seq, seq])
+    return ranges
 
 
 COAP_INGEST_TOPIC = "coap:/ingest"  # what the rejected table names as the topic of a refused CoAP post

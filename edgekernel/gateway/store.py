@@ -174,7 +174,7 @@ class Store:
                     ],
                 )
                 self._db.execute("COMMIT")
-            except sqlite3.Error as err:
+            except (sqlite3.Error, OverflowError, ValueError) as err:  # a value SQLite cannot bind, too
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise StoreError(f"store write failed: {err}") from err

@@ -53,7 +53,7 @@ class StatusBody(_Body):
 
     ENVELOPE_TYPE: ClassVar[MessageType] = "status"
     online: bool
-    boot: Annotated[int, Field(ge=0)]
+    boot: Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 class Sample(BaseModel):

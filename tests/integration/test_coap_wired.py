@@ -28,7 +28,7 @@ from edgekernel.device.datasets import split
 from edgekernel.device.kernel import Kernel
 from edgekernel.gateway import Gateway
 from edgekernel.link import Mosquitto, Outbox, free_port
-from edgekernel.link.coap import CoapBadRequest, CoapClient, CoapNotFound
+from edgekernel.link.coap import CoapBadRequest, CoapClient, CoapError, CoapNotFound
 from edgekernel.protocol import Encoding, StatusBody, TelemetryBody, decode, topics
 
 from .helpers import Collector, wait_until
@@ -227,6 +227,41 @@ def test_gateway_refuses_bad_posts_with_a_reason(broker: Mosquitto, tmp_path: Pa
             reasons = [r for (r,) in db.execute("SELECT reason FROM rejected WHERE topic = 'coap:/ingest'")]
         assert len(reasons) == 2
         assert "wrong-type" in reasons
+
+    asyncio.run(scenario())
+
+
+def test_with_a_device_list_the_gateway_refuses_any_other_sender(broker: Mosquitto, tmp_path: Path) -> None:
+    port = free_port()
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        gw = Gateway(
+            GatewayConfig(
+                fleet=FLEET,
+                gateway="gw-1",
+                broker=BrokerConfig(url=broker.url, reconnect=FAST),
+                store=StoreConfig(path=tmp_path / "store.db", batch_wait_ms=20),
+                coap=GatewayCoapConfig(host="127.0.0.1", port=port, devices=["dev-1"]),
+            )
+        )
+        task = asyncio.create_task(gw.run(stop))
+        await gw.session.wait_connected(10)
+        body = TelemetryBody.model_validate({"stream": "s", "samples": [{"ts": 1.7e9, "value": 1.0}]})
+        url = f"coap://127.0.0.1:{port}/ingest"
+        async with CoapClient(timeout=5) as client:
+            ack = await client.post_envelope(url, body.to_envelope("dev-1", seq=1))
+            assert ack is not None
+            assert ack.ranges == [[1, 1]]
+            with pytest.raises(CoapError, match="not a CoAP device") as refused:
+                await client.post_envelope(url, body.to_envelope("dev-2", seq=1))
+            assert refused.value.code == "4.03"
+        await asyncio.sleep(0.3)
+        stop.set()
+        await task
+        with sqlite3.connect(tmp_path / "store.db") as db:
+            assert list(db.execute("SELECT device, seq FROM messages")) == [("dev-1", 1)]
+            assert list(db.execute("SELECT reason FROM rejected")) == [("not-allowed",)]
 
     asyncio.run(scenario())
 

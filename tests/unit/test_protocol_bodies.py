@@ -44,7 +44,9 @@ telemetry_bodies = st.builds(
     unit=st.none() | st.text(max_size=32),
     samples=st.lists(samples, min_size=1, max_size=20),
 )
-status_bodies = st.builds(StatusBody, online=st.booleans(), boot=st.integers(min_value=0))
+status_bodies = st.builds(
+    StatusBody, online=st.booleans(), boot=st.integers(min_value=0, max_value=2**63 - 1)
+)
 reported_bodies = st.builds(
     ReportedBody,
     capabilities=st.builds(
@@ -167,6 +169,7 @@ BAD_BODIES: list[tuple[type[StatusBody | TelemetryBody | ReportedBody], dict[str
     (StatusBody, status(boot=-1), "boot"),
     (StatusBody, status(boot=True), "boot"),
     (StatusBody, status(boot=1.0), "boot"),
+    (StatusBody, status(boot=2**64), "boot"),
     (StatusBody, {"online": True}, "boot"),
     (StatusBody, status(ts=1.0), "ts"),
     (ReportedBody, reported(load_1m=-0.1), "load_1m"),

@@ -164,12 +164,14 @@ class CoapUplink:
             post = self._queue.popleft()
             if post.future.done():
                 continue
+            connection = self.stats.connects
             try:
                 await self._post(post.payload)
             except CoapError as err:
                 post.future.set_exception(err)
                 if err.code not in FINAL_REFUSALS:
-                    self._lost(err)
+                    if connection == self.stats.connects:  # not a post left over from a lost link
+                        self._lost(err)
                     continue
                 self.refused[err.code] += 1
                 log.error("the gateway refused an envelope for good: %s", err)
