@@ -166,6 +166,7 @@ class Gateway:
     async def _flush_loop(self) -> None:
         wait_s = self.config.store.batch_wait_ms / 1000.0
         retry_s = RETRY_MIN_S
+        closing_failures = 0
         while True:
             self._wake_pending = False
             self._wake.clear()
@@ -188,7 +189,8 @@ class Gateway:
                     retry_s,
                     err,
                 )
-                if self._closing and self.counters["store_failures"] >= CLOSE_RETRIES:
+                closing_failures += self._closing
+                if closing_failures >= CLOSE_RETRIES:
                     log.error("giving up at shutdown: %d messages were not stored", len(self._telemetry))
                     self.counters["lost_at_shutdown"] += len(self._telemetry)
                     return
