@@ -99,45 +99,28 @@ def anchor_paho(port: int, files: dict[str, Path], counts: dict[str, int]) -> Re
 
 
 def ours(
-    workdir: Path, broker: Mosquitto, files: dict[str, Path], counts: dict[str, int]
+    workdir: Path, broker: Mosquitto, files: dict[str, Path], counts: dict[str, int], processes: int = 1
 ) -> tuple[Received, dict[str, int]]:
-    gateway = GatewayProcess(workdir, broker.url)
+    """The gateway as a process; with `processes` above 1, that many in one share group writing one
+    store (the way to put ingest on more than one core), followed by their row count, since they store
+    out of order between them; one gateway is followed by its highest seq, which is cheaper."""
+    gateway = GatewayProcess(workdir, broker.url, processes=processes)
     devices = [topics.parse(topic).device for topic in files]
+    progress = gateway.highest_seqs if processes == 1 else gateway.count_messages
     try:
-        gateway.start(broker.port)
-        cpu = cpu_seconds(gateway.pid)
+        if processes == 1:
+            gateway.start(broker.port)
+        else:
+            gateway.start_unprobed()
+            time.sleep(0.5)  # the members have just subscribed: let the broker settle its share group
+        cpu = process_tree_cpu(gateway.pid)
         start, publish_s = publish_files(broker.port, files)
-        last = wait_progress(
-            lambda: gateway.highest_seqs(devices), sum(counts.values()), idle_s=IDLE_S, poll_s=0.05
-        )
-        cpu = cpu_seconds(gateway.pid) - cpu
+        last = wait_progress(lambda: progress(devices), sum(counts.values()), idle_s=IDLE_S, poll_s=0.05)
+        cpu = process_tree_cpu(gateway.pid) - cpu
         stored = gateway.count_messages(devices)
     finally:
         counters = gateway.stop()
     return Received(sum(counts.values()), stored, start, last, publish_s, cpu), counters
-
-
-def ours_processes(
-    workdir: Path, broker: Mosquitto, files: dict[str, Path], counts: dict[str, int], processes: int
-) -> Received:
-    """The gateway with `processes` in its config: that many processes in one share group, writing
-    one store, the way to put ingest on more than one core."""
-    gateway = GatewayProcess(workdir, broker.url, processes=processes)
-    devices = [topics.parse(topic).device for topic in files]
-    try:
-        gateway.start_unprobed()
-        time.sleep(0.5)  # the members have just subscribed: let the broker settle its share group
-        cpu = process_tree_cpu(gateway.pid)
-        start, publish_s = publish_files(broker.port, files)
-        # the members store out of order between them: count rows, not the highest seq
-        last = wait_progress(
-            lambda: gateway.count_messages(devices), sum(counts.values()), idle_s=IDLE_S, poll_s=0.05
-        )
-        cpu = process_tree_cpu(gateway.pid) - cpu
-        stored = gateway.count_messages(devices)
-    finally:
-        gateway.stop()
-    return Received(sum(counts.values()), stored, start, last, publish_s, cpu)
 
 
 def process_tree_cpu(pid: int | None) -> float:
@@ -167,7 +150,7 @@ def one_round(
         first = anchor_clients(broker.port, files, counts, workdir / "sub.out")
         second = anchor_paho(broker.port, files, counts)
         ours_run, counters = ours(workdir / "one", broker, files, counts)
-        shared = ours_processes(workdir / "shared", broker, files, counts, 2)
+        shared, _ = ours(workdir / "shared", broker, files, counts, processes=2)
     return {"anchor1": first, "anchor2": second, "ours": ours_run, "ours_shared": shared}, counters
 
 

@@ -13,6 +13,7 @@ acknowledgement (commands need MQTT).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -168,14 +169,11 @@ class Kernel:
     async def _run(self, stop: asyncio.Event) -> None:
         await self.outbox.start()
         await asyncio.to_thread(self.inference.start)
-        if self.coap is not None:
-            await self.coap.__aenter__()
-            log.info("%s serves CoAP on %s", self.device, self.coap.url)
-        try:
-            await self._run_tasks(stop)
-        finally:
+        async with contextlib.AsyncExitStack() as stack:
             if self.coap is not None:
-                await self.coap.__aexit__(None, None, None)
+                await stack.enter_async_context(self.coap)
+                log.info("%s serves CoAP on %s", self.device, self.coap.url)
+            await self._run_tasks(stop)
         await self.outbox.close()
         await asyncio.to_thread(self.inference.stop)
         self.state.close()
@@ -214,7 +212,8 @@ class Kernel:
             await self.session.wait_connected()
             if isinstance(self.session, CoapUplink) and self.session.stats.connects != announced:
                 announced = self.session.stats.connects
-                self._watch(self.session.publish_message(self._status(online=True)))
+                status = self._status(online=True)
+                self._watch(self.session.publish_nowait(status.topic, status.payload, qos=status.qos))
             self.publish_reported()
             await asyncio.sleep(self.config.reported_interval_s)
 
@@ -413,18 +412,21 @@ class Kernel:
                 return
         elif topic.kind is TopicKind.ACK:
             try:
-                ranges = AckBody.from_envelope(envelope).ranges
+                ack = AckBody.from_envelope(envelope)
             except ProtocolError as err:
                 self.counters[f"rejected:{err.reason}"] += 1
                 log.warning("refused ack: %s", err)
                 return
-            self._spawn(self.outbox.ack([(first, last) for first, last in ranges]))
+            self._free(ack)
         elif topic.kind is TopicKind.CMD and self.commands is not None:
             self._spawn(self.commands.handle(message, envelope))
 
     def _acked(self, ack: AckBody) -> None:
         """The gateway's answer to a CoAP post: the seq ranges it holds."""
         self.counters["received:ack"] += 1
+        self._free(ack)
+
+    def _free(self, ack: AckBody) -> None:
         self._spawn(self.outbox.ack([(first, last) for first, last in ack.ranges]))
 
     def _refused_by_gateway(self, payload: bytes, err: CoapError) -> None:

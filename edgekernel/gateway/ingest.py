@@ -46,7 +46,7 @@ from edgekernel.protocol import (
     inbound,
     topics,
 )
-from edgekernel.protocol.bodies import MAX_ACK_RANGES, AckBody
+from edgekernel.protocol.bodies import AckBody
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +116,15 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop`; then disconnect, store everything already received, and close the store."""
-        if self.coap is not None:
-            await self.coap.__aenter__()
-            log.info("gateway %s serves CoAP ingest on %s/ingest", self.config.gateway, self.coap.url)
+        async with contextlib.AsyncExitStack() as stack:
+            if self.coap is not None:
+                await stack.enter_async_context(self.coap)
+                log.info("gateway %s serves CoAP ingest on %s/ingest", self.config.gateway, self.coap.url)
+            await self._serve(stop)
+        self.store.close()
+        log.info("gateway %s stopped: %s", self._name, dict(self.counters))
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self.session.start()
         flusher = asyncio.create_task(self._flush_loop(), name="flush")
@@ -139,10 +145,6 @@ class Gateway:
             self._wake.set()
             await flusher
             self._settle_commits(CoapUnavailable("the gateway stopped before storing this envelope"))
-            if self.coap is not None:
-                await self.coap.__aexit__(None, None, None)
-            self.store.close()
-            log.info("gateway %s stopped: %s", self._name, dict(self.counters))
 
     async def _announce(self) -> None:
         await self.session.wait_subscribed()
@@ -152,6 +154,11 @@ class Gateway:
     @property
     def _name(self) -> str:
         return self.config.gateway + (f"/{self.member}" if self.member else "")
+
+    def _mark_pending(self) -> None:
+        """Under the lock: the batch wait counts from the first message of a batch."""
+        if self._first_pending is None:
+            self._first_pending = time.monotonic()
 
     def _wake_soon(self) -> None:
         """From any thread, after queueing under the lock: wake the flusher, once per burst."""
@@ -230,7 +237,7 @@ class Gateway:
                 self._commits = commits + self._commits
                 self._via_coap |= via_coap
                 self._dead_letters = dead_letters + self._dead_letters
-                self._first_pending = self._first_pending or time.monotonic()
+                self._mark_pending()
             raise
         self.counters["stored"] += result.stored
         self.counters["duplicates"] += result.duplicates
@@ -263,7 +270,7 @@ class Gateway:
             if not self.session.connected:
                 self.counters["acks_deferred"] += 1  # the device re-sends; its duplicate is acked then
                 continue
-            for ack in ack_bodies(seqs):
+            for ack in AckBody.split(seqs):
                 future = self.session.publish_nowait(
                     topics.ack(self.fleet, device),
                     encode(ack.to_envelope(self.config.gateway)),
@@ -283,7 +290,7 @@ class Gateway:
         """Validate one message and queue what it carries for the next batch (in paho's thread, or any)."""
         with self._lock:
             self._handle(message)
-            self._first_pending = self._first_pending or time.monotonic()
+            self._mark_pending()
         self._wake_soon()
 
     def _handle(self, message: Message) -> None:
@@ -392,7 +399,7 @@ class Gateway:
             if topic.kind is TopicKind.TELEMETRY and envelope.seq is not None:
                 self._via_coap.add((topic.device, envelope.seq))
             self._commits.append(commit)
-            self._first_pending = self._first_pending or time.monotonic()
+            self._mark_pending()
         if topic.kind in (TopicKind.STATUS, TopicKind.REPORTED):
             self._bridge(topic, envelope)
         self._wake_soon()
@@ -426,7 +433,7 @@ class Gateway:
                 status = StatusBody(online=False, boot=boot).to_envelope(device)
                 with self._lock:
                     self._devices.append(DeviceUpdate(device, time.time(), online=False, status_ts=status.ts))
-                    self._first_pending = self._first_pending or time.monotonic()
+                    self._mark_pending()
                     self.counters["coap_offline"] += 1
                 self._wake_soon()
                 self._bridge(Topic(self.fleet, device, TopicKind.STATUS), status)
@@ -454,7 +461,7 @@ class Gateway:
         dead_letter = self._dead_letter(COAP_INGEST_TOPIC, payload)
         with self._lock:
             self._refuse(message, err, dead_letter=dead_letter, acknowledge=False)
-            self._first_pending = self._first_pending or time.monotonic()
+            self._mark_pending()
         self._wake_soon()
 
     def _health(self) -> Health:
@@ -485,22 +492,6 @@ class Gateway:
             self.counters["dead_letters"] += 1
             if acknowledge:
                 self._dead_letters.append(dead_letter)
-
-
-def ack_bodies(seqs: list[int]) -> list[AckBody]:
-    """The acks for `seqs`, each within the wire contract's limit of ranges."""
-    ranges = _ranges(seqs)
-    return [AckBody(ranges=ranges[i : i + MAX_ACK_RANGES]) for i in range(0, len(ranges), MAX_ACK_RANGES)]
-
-
-def _ranges(seqs: list[int]) -> list[list[int]]:
-    ranges: list[list[int]] = []
-    for seq in sorted(set(seqs)):
-        if ranges and seq == ranges[-1][1] + 1:
-            ranges[-1][1] = seq
-        else:
-            ranges.append([seq, seq])
-    return ranges
 
 
 COAP_INGEST_TOPIC = "coap:/ingest"  # what the rejected table names as the topic of a refused CoAP post

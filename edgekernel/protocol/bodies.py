@@ -146,6 +146,16 @@ class DesiredBody(_Body):
     generation: Seq
 
 
+def _cover(seqs: Iterable[int]) -> list[list[int]]:
+    ranges: list[list[int]] = []
+    for seq in sorted(set(seqs)):
+        if ranges and seq == ranges[-1][1] + 1:
+            ranges[-1][1] = seq
+        else:
+            ranges.append([seq, seq])
+    return ranges
+
+
 class AckBody(_Body):
     """The gateway's word that it holds these seqs durably: inclusive (first, last) ranges, sorted and
     disjoint. A device deletes those rows from its outbox."""
@@ -170,13 +180,13 @@ class AckBody(_Body):
     @classmethod
     def of(cls, seqs: Iterable[int]) -> AckBody:
         """The minimal ranges covering `seqs`."""
-        ranges: list[list[int]] = []
-        for seq in sorted(set(seqs)):
-            if ranges and seq == ranges[-1][1] + 1:
-                ranges[-1][1] = seq
-            else:
-                ranges.append([seq, seq])
-        return cls(ranges=ranges)
+        return cls(ranges=_cover(seqs))
+
+    @classmethod
+    def split(cls, seqs: Iterable[int]) -> list[AckBody]:
+        """The acks covering `seqs`, each within the limit of MAX_ACK_RANGES ranges."""
+        ranges = _cover(seqs)
+        return [cls(ranges=ranges[i : i + MAX_ACK_RANGES]) for i in range(0, len(ranges), MAX_ACK_RANGES)]
 
     def seqs(self) -> Iterator[int]:
         for first, last in self.ranges:

@@ -89,13 +89,3 @@ def _check_level(children: Iterable[JsonValue], depth: int) -> None:
             if depth >= MAX_BODY_DEPTH:
                 raise ValueError(f"the body is nested more than {MAX_BODY_DEPTH} levels deep")
             _check_level(child.values() if kind is dict else child, depth + 1)  # type: ignore[union-attr,arg-type]
-        elif isinstance(child, float | dict | list):  # subclasses, from a decoder that makes them
-            _check_level([_plain(child)], depth)
-
-
-def _plain(value: JsonValue) -> JsonValue:
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, dict):
-        return dict(value)
-    return list(value) if isinstance(value, list) else value

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edgekernel.gateway.ingest import ack_bodies
 from edgekernel.gateway.store import DeviceUpdate, Store, StoreError, TelemetryRecord
-from edgekernel.protocol.bodies import MAX_ACK_RANGES
+from edgekernel.protocol.bodies import MAX_ACK_RANGES, AckBody
 
 
 def record(seq: int) -> TelemetryRecord:
@@ -34,9 +33,9 @@ def test_duplicates_in_a_batch_and_in_the_store_are_counted_once_each(tmp_path: 
 
 def test_acks_past_the_range_limit_are_split() -> None:
     seqs = list(range(1, 4 * MAX_ACK_RANGES, 2))  # every other seq: one range each
-    bodies = ack_bodies(seqs)
+    bodies = AckBody.split(seqs)
     assert len(bodies) == 2
     assert all(len(body.ranges) <= MAX_ACK_RANGES for body in bodies)
     covered = [seq for body in bodies for first, last in body.ranges for seq in range(first, last + 1)]
     assert covered == seqs
-    assert ack_bodies([5, 3, 4, 9])[0].ranges == [[3, 5], [9, 9]]
+    assert AckBody.split([5, 3, 4, 9])[0].ranges == [[3, 5], [9, 9]]

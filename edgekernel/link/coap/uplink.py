@@ -14,6 +14,7 @@ letter): it goes to `on_refused`, counted by code, and the link stays up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import Counter, deque
@@ -63,6 +64,7 @@ class CoapUplink:
         self._on_ack = on_ack
         self._on_refused = on_refused
         self._client = CoapClient(timeout=timeout_s)
+        self._stack = contextlib.AsyncExitStack()
         self._queue: deque[_Post] = deque()
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
@@ -91,7 +93,7 @@ class CoapUplink:
         self._tasks.append(asyncio.create_task(self._open(), name="coap-uplink"))
 
     async def _open(self) -> None:
-        await self._client.__aenter__()
+        await self._stack.enter_async_context(self._client)
         self._tasks.append(asyncio.create_task(self._probe(), name="coap-probe"))
         for n in range(self.window):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"coap-post-{n}"))
@@ -126,9 +128,6 @@ class CoapUplink:
             self._wake.set()
         return future
 
-    def publish_message(self, message: Outgoing) -> asyncio.Future[None]:
-        return self.publish_nowait(message.topic, message.payload, qos=message.qos, retain=message.retain)
-
     async def messages(self) -> AsyncIterator[Message]:
         """Nothing comes to a device over this link but answers; ends when the uplink closes."""
         await self._closed.wait()
@@ -150,7 +149,7 @@ class CoapUplink:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._fail_queued(NotConnectedError("the CoAP uplink closed before the gateway answered"))
         self._connected.clear()
-        await self._client.__aexit__(None, None, None)
+        await self._stack.aclose()
 
     # -- posting ----------------------------------------------------------------------------
 
