@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -21,8 +21,11 @@ from rich.table import Table
 
 from edgekernel.cli.common import Exit, console, die_with_parent, err_console, fail
 from edgekernel.config import ConfigError, load_device, load_gateway
-from edgekernel.gateway import DeviceSummary, StoreError, read_summary
-from edgekernel.link import BrokerError, Mosquitto, find_mosquitto, free_port
+
+if TYPE_CHECKING:
+    from edgekernel.gateway import DeviceSummary
+
+# The gateway and link modules load when the demo runs, not with every `edgekernel --help`.
 
 FLEET = "demo"
 GATEWAY = "gw-1"
@@ -147,6 +150,8 @@ class Demo:
         self.config_dir = workdir / "config"
         self.data_dir = workdir / "data"
         self.logs = workdir / "logs"
+        from edgekernel.link import Mosquitto, free_port  # noqa: PLC0415 (keeps `--help` fast)
+
         self.broker = Mosquitto(workdir / "broker", port=port, persistence=True)
         self.store_path = self.data_dir / GATEWAY / "store.db"
         self.device_names = [f"dev-{i:02d}" for i in range(1, devices + 1)]
@@ -238,6 +243,8 @@ class Demo:
         self.broker.stop()
 
     def summary(self) -> dict[str, DeviceSummary]:
+        from edgekernel.gateway import StoreError, read_summary  # noqa: PLC0415 (keeps `--help` fast)
+
         if not self.store_path.exists():
             return {}
         try:
@@ -306,6 +313,8 @@ def demo(
     ] = None,
 ) -> None:
     """Start a private Mosquitto, a gateway and N simulated devices that publish telemetry."""
+    from edgekernel.link import BrokerError, find_mosquitto  # noqa: PLC0415 (keeps `--help` fast)
+
     try:
         find_mosquitto()
     except BrokerError as err:

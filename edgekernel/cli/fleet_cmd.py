@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import JsonValue
@@ -16,9 +16,12 @@ from rich.table import Table
 
 from edgekernel.cli.common import BROKER_OPTION_HELP, Exit, console, err_console, fail
 from edgekernel.config import BrokerConfig, ConfigError, load_fleet
-from edgekernel.fleet import DeviceView, call, snapshot
-from edgekernel.link import LinkError
-from edgekernel.protocol import FleetKey, ProtocolError, topics
+from edgekernel.protocol import topics
+
+if TYPE_CHECKING:
+    from edgekernel.fleet import DeviceView
+
+# The fleet and link modules (paho-mqtt) load when a command runs, not with every `edgekernel --help`.
 
 app = typer.Typer(help="See and steer the fleet.", no_args_is_help=True)
 
@@ -138,6 +141,9 @@ def devices(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker.")] = 5.0,
 ) -> None:
     """List the fleet's devices: online or offline, last seen, capabilities."""
+    from edgekernel.fleet import snapshot  # noqa: PLC0415 (keeps `--help` fast)
+    from edgekernel.link import LinkError  # noqa: PLC0415
+
     broker_cfg, fleet_id = resolve_target(config, broker, fleet)
     try:
         registry = asyncio.run(snapshot(broker_cfg, fleet_id, timeout=timeout))
@@ -170,6 +176,8 @@ def keygen(
 ) -> None:
     """Make the fleet's ed25519 signing key: fleet.key (mode 0600, keep it off the devices) and
     fleet.pub (list it under `fleet_keys` in each device's config)."""
+    from edgekernel.protocol import FleetKey  # noqa: PLC0415
+
     private, public = out / "fleet.key", out / "fleet.pub"
     if private.exists():
         fail(f"{private} exists; move it away first (devices trust the key they were given)")
@@ -239,6 +247,10 @@ def call_device(
     as_json: Annotated[bool, typer.Option("--json", help="Print the reply as JSON.")] = False,
 ) -> None:
     """Send a signed command to a device and print its reply (ping answers with the round-trip time)."""
+    from edgekernel.fleet import call  # noqa: PLC0415 (keeps `--help` fast)
+    from edgekernel.link import LinkError  # noqa: PLC0415
+    from edgekernel.protocol import FleetKey, ProtocolError  # noqa: PLC0415
+
     broker_cfg, fleet_id = resolve_target(config, broker, fleet)
     key_path = key
     if key_path is None and (config is not None or DEFAULT_FLEET_CONFIG.exists()):

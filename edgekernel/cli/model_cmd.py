@@ -15,12 +15,12 @@ from rich.table import Table
 from rich.text import Text
 
 from edgekernel.cli.common import Exit, console, err_console, fail
-from edgekernel.device.models.runtime import ModelError, RuntimeUnavailableError, TensorInfo
 
 if TYPE_CHECKING:
     from edgekernel.device.models.benchmark import BenchRow
     from edgekernel.device.models.inspect import ModelReport
     from edgekernel.device.models.quantize import QuantizeReport
+    from edgekernel.device.models.runtime import TensorInfo
 
 # The model modules import onnx and numpy: they load when a command runs, not with every `edgekernel`.
 
@@ -46,6 +46,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readab
 @contextmanager
 def _model_errors() -> Iterator[None]:
     """Model errors become exit codes: 4 when a runtime is missing, 1 for anything else."""
+    from edgekernel.device.models.runtime import ModelError, RuntimeUnavailableError  # noqa: PLC0415
+
     try:
         yield
     except RuntimeUnavailableError as err:
@@ -172,6 +174,7 @@ def _devices(file: Path, wanted: list[str]) -> list[str]:
     if "all" not in wanted:
         return list(dict.fromkeys(wanted))
     from edgekernel.device.models.registry import runtime_for_file  # noqa: PLC0415 (heavy import)
+    from edgekernel.device.models.runtime import RuntimeUnavailableError  # noqa: PLC0415
 
     runtime = runtime_for_file(file)
     if not runtime.available():

@@ -6,15 +6,17 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from edgekernel.cli.common import BROKER_OPTION_HELP, Exit, console, fail
 from edgekernel.config import BrokerConfig
-from edgekernel.link import LinkError, Message, MqttSession
 from edgekernel.protocol import Envelope, ProtocolError, decode, topics
+
+if TYPE_CHECKING:
+    from edgekernel.link import Message
 
 app = typer.Typer(help="Watch the wire: every message decoded, bad ones flagged.", no_args_is_help=True)
 
@@ -66,6 +68,8 @@ def watch(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker.")] = 5.0,
 ) -> None:
     """Subscribe to FILTER and print every message, decoded; messages that break the contract are flagged."""
+    from edgekernel.link import LinkError  # noqa: PLC0415 (keeps `--help` fast)
+
     try:
         broker_cfg = BrokerConfig(url=broker)
         topics.check_filter(topic_filter)
@@ -82,6 +86,8 @@ def watch(
 async def _watch(
     broker: BrokerConfig, topic_filter: str, count: int | None, as_json: bool, timeout: float
 ) -> None:
+    from edgekernel.link import MqttSession  # noqa: PLC0415 (keeps `--help` fast)
+
     session = MqttSession(
         broker,
         client_id=f"ek-watch-{uuid.uuid4().hex[:8]}",
