@@ -93,11 +93,13 @@ def _validate_folder(folder: Path, kind: ConfigKind | None) -> list[FileResult]:
 
 def _print_report(results: list[FileResult]) -> None:
     console = Console(highlight=False)
-    table = Table("file", "kind", "result", "problems")
+    table = Table("kind", "result", "problems")
+    table.columns[0].no_wrap = True
+    table.add_column("file", overflow="fold")
     for result in results:
         verdict = Text("OK", style="green") if result.ok else Text("FAIL", style="red")
         count = str(len(result.error.problems)) if result.error else ""
-        table.add_row(Text(str(result.file)), result.kind or "?", verdict, count)
+        table.add_row(result.kind or "?", verdict, count, Text(str(result.file)))
     console.print(table)
     for result in results:
         for problem in result.error.problems if result.error else []:

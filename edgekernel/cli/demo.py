@@ -299,16 +299,14 @@ def demo(
     ] = None,
     port: Annotated[
         int | None,
-        typer.Option(
-            "--port", min=1, max=65535, help="Broker port [default: a free one].", show_default=False
-        ),
+        typer.Option("--port", min=1, max=65535, help="Broker port.", show_default="a free one"),
     ] = None,
     workdir: Annotated[
         Path | None,
         typer.Option(
             "--workdir",
-            help="Where to keep configs, logs and data [default: a new temp dir].",
-            show_default=False,
+            help="Where to keep configs, logs and data.",
+            show_default="a new temp dir",
         ),
     ] = None,
 ) -> None:

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import JsonValue
-from rich.table import Table
+from rich.text import Text
 
 from edgekernel.cli.common import BROKER_OPTION_HELP, Exit, console, err_console, fail
+from edgekernel.cli.tables import Column, key_values, print_fitted
 from edgekernel.config import BrokerConfig, ConfigError, load_fleet
 from edgekernel.protocol import topics
 
@@ -100,40 +101,51 @@ class DeviceRow:
             else [],
         )
 
-    def cells(self, now: float) -> list[str]:
-        status = {True: "[green]online[/]", False: "[red]offline[/]", None: "[dim]unknown[/]"}[self.online]
+    def cells(self, now: float) -> list[Text]:
+        status = {
+            True: Text("online", style="green"),
+            False: Text("offline", style="red"),
+            None: Text("unknown", style="dim"),
+        }[self.online]
         return [
-            self.device,
+            Text(self.device),
             status,
-            "-" if self.boot is None else str(self.boot),
-            _age(self.last_seen, now),
-            "-" if self.cores is None else str(self.cores),
-            "-" if self.ram_bytes is None else _gib(self.ram_bytes),
-            ", ".join(f"{k} {v}" for k, v in self.runtimes.items()) or "-",
-            ", ".join(self.accelerators) or "cpu",
-            ", ".join(self.streams) or "-",
-            ", ".join(self.models) or "-",
+            Text("-" if self.boot is None else str(self.boot)),
+            Text(_age(self.last_seen, now)),
+            Text("-" if self.cores is None else str(self.cores)),
+            Text("-" if self.ram_bytes is None else _gib(self.ram_bytes)),
+            _lines([f"{k} {v}" for k, v in self.runtimes.items()]),
+            _lines(self.accelerators or ["cpu"]),
+            _lines(self.streams),
+            _lines(self.models),
         ]
 
 
+def _lines(items: list[str]) -> Text:
+    """One item a line: a column is then only as wide as its longest item."""
+    return Text("\n".join(items) or "-")
+
+
+# Dropped from the right of this order first when the terminal is narrow.
 COLUMNS = (
-    "device",
-    "status",
-    "boot",
-    "last seen",
-    "cores",
-    "RAM",
-    "runtimes",
-    "accelerators",
-    "streams",
-    "models",
+    Column("device", keep=9),
+    Column("status", keep=8),
+    Column("boot", keep=1, justify="right"),
+    Column("last seen", keep=7),
+    Column("cores", keep=3, justify="right"),
+    Column("RAM", keep=4, justify="right"),
+    Column("runtimes", keep=0),
+    Column("accelerators", keep=2),
+    Column("streams", keep=5),
+    Column("models", keep=6),
 )
 
 
 @app.command("devices")
 def devices(
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help=f"Fleet config [default: {DEFAULT_FLEET_CONFIG}]")
+        Path | None,
+        typer.Option("--config", "-c", help="Fleet config.", show_default=str(DEFAULT_FLEET_CONFIG)),
     ] = None,
     broker: Annotated[str | None, typer.Option("--broker", help=BROKER_OPTION_HELP)] = None,
     fleet: Annotated[str | None, typer.Option("--fleet", help="Fleet id; overrides the config file.")] = None,
@@ -154,16 +166,9 @@ def devices(
     if as_json:
         console.print_json(json.dumps({"fleet": fleet_id, "devices": [asdict(r) for r in rows]}))
         return
-    table = Table(title=f"fleet {fleet_id}: {len(rows)} devices", title_justify="left")
-    for column in COLUMNS:
-        table.add_column(
-            column,
-            justify="right" if column in ("boot", "cores", "RAM") else "left",
-            no_wrap=column in ("device", "status", "boot", "last seen", "RAM"),
-        )
-    for row in rows:
-        table.add_row(*row.cells(now))
-    console.print(table)
+    noun = "device" if len(rows) == 1 else "devices"
+    title = f"fleet {fleet_id}: {len(rows)} {noun}"
+    print_fitted(console, COLUMNS, [row.cells(now) for row in rows], title=title)
     if not rows:
         console.print(f"[yellow]no device of fleet {fleet_id} has announced itself on {broker_cfg.url}[/]")
 
@@ -171,11 +176,12 @@ def devices(
 @app.command("keygen")
 def keygen(
     out: Annotated[Path, typer.Option("--out", help="Folder for fleet.key (private) and fleet.pub.")] = Path(
-        "firmware-config/keys"
+        "keys"
     ),
 ) -> None:
-    """Make the fleet's ed25519 signing key: fleet.key (mode 0600, keep it off the devices) and
-    fleet.pub (list it under `fleet_keys` in each device's config)."""
+    """Make the fleet's ed25519 signing key: fleet.key (mode 0600; it stays with the operator, outside
+    firmware-config/, and git ignores keys/ and *.key) and fleet.pub (copy it into the firmware config
+    and list it under `fleet_keys` in each device's config)."""
     from edgekernel.protocol import FleetKey  # noqa: PLC0415
 
     private, public = out / "fleet.key", out / "fleet.pub"
@@ -235,13 +241,14 @@ def call_device(
     command: Annotated[str, typer.Argument(help="ping, stats, …")],
     args: Annotated[list[str] | None, typer.Argument(help="NAME=VALUE arguments (values as JSON).")] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help=f"Fleet config [default: {DEFAULT_FLEET_CONFIG}]")
+        Path | None,
+        typer.Option("--config", "-c", help="Fleet config.", show_default=str(DEFAULT_FLEET_CONFIG)),
     ] = None,
     broker: Annotated[str | None, typer.Option("--broker", help=BROKER_OPTION_HELP)] = None,
     fleet: Annotated[str | None, typer.Option("--fleet", help="Fleet id; overrides the config file.")] = None,
     key: Annotated[
         Path | None,
-        typer.Option("--key", help="The fleet's private key [default: the config's signing_key]."),
+        typer.Option("--key", help="The fleet's private key.", show_default="the config's signing_key"),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the reply as JSON.")] = False,
@@ -300,32 +307,22 @@ def call_device(
 
 
 def render_stats(stats: Mapping[str, object]) -> None:
-    """A device's `stats` reply as tables: its counters, its link, its models and inference."""
-    link = stats.get("link")
-    if isinstance(link, dict):
-        table = Table(title=f"{stats.get('device')}: link", title_justify="left")
-        table.add_column("what")
-        table.add_column("value", justify="right")
-        for name, value in link.items():
-            table.add_row(str(name), str(value))
-        console.print(table)
-    for section in ("counters", "commands", "inference"):
+    """A device's `stats` reply as tables: its link, its backlog, its counters, models and inference."""
+    for section, title, header in (
+        ("link", f"{stats.get('device')}: link", "what"),
+        ("outbox", "backlog (outbox)", "what"),
+        ("counters", "counters", "counter"),
+        ("commands", "commands", "counter"),
+        ("inference", "inference", "what"),
+    ):
         values = stats.get(section)
         if isinstance(values, dict) and values:
-            table = Table(title=section, title_justify="left")
-            table.add_column("counter")
-            table.add_column("value", justify="right")
-            for name, value in sorted(values.items()):
-                table.add_row(str(name), str(value))
-            console.print(table)
+            ordered = values if section in ("link", "outbox", "inference") else dict(sorted(values.items()))
+            console.print(key_values(title, ordered, header=header))
     models = stats.get("models")
     if isinstance(models, list) and models:
-        table = Table(title="models", title_justify="left")
-        for column in ("name", "version", "runtime", "device", "loaded"):
-            table.add_column(column)
-        for model in models:
-            if isinstance(model, dict):
-                table.add_row(
-                    *(str(model.get(c, "")) for c in ("name", "version", "runtime", "device", "loaded"))
-                )
-        console.print(table)
+        names = ("name", "version", "runtime", "device", "loaded")
+        rows = [[Text(str(m.get(c, ""))) for c in names] for m in models if isinstance(m, dict)]
+        print_fitted(
+            console, [Column(c, keep=len(names) - i) for i, c in enumerate(names)], rows, title="models"
+        )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, TypeVar, cast
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
 from edgekernel.cli.common import (
     BROKER_OPTION_HELP,
@@ -23,6 +23,7 @@ from edgekernel.cli.common import (
     run_until_signal,
     setup_logging,
 )
+from edgekernel.cli.tables import Column, print_fitted
 from edgekernel.config import DeviceConfig, GatewayConfig, load_device, load_gateway
 from edgekernel.errors import EdgeKernelError
 
@@ -143,17 +144,23 @@ def gateway_stats(
         data = [{**asdict(row), "gaps": row.gaps} for row in rows]
         console.print_json(json.dumps({"store": str(path), "devices": data}))
         return
-    table = Table(title=f"gateway store {path}", title_justify="left")
-    for column in ("device", "messages", "samples", "highest seq", "duplicates", "gaps", "last seen"):
-        table.add_column(column, justify="left" if column == "device" else "right", no_wrap=True)
+    columns = [
+        Column("device", keep=9),
+        Column("messages", keep=8, justify="right"),
+        Column("samples", keep=5, justify="right"),
+        Column("highest seq", keep=6, justify="right"),
+        Column("duplicates", keep=3, justify="right"),
+        Column("gaps", keep=4, justify="right"),
+        Column("last seen", keep=7, justify="right"),
+    ]
     now = time.time()
+    cells = []
     for row in rows:
         seen = "-" if row.last_seen is None else f"{max(0.0, now - row.last_seen):.0f}s ago"
         top = "-" if row.highest_seq is None else str(row.highest_seq)
-        table.add_row(
-            row.device, str(row.messages), str(row.samples), top, str(row.duplicates), str(row.gaps), seen
-        )
-    console.print(table)
+        values = (row.device, row.messages, row.samples, top, row.duplicates, row.gaps, seen)
+        cells.append([Text(str(value)) for value in values])
+    print_fitted(console, columns, cells, title=f"gateway store {path}")
 
 
 @device_app.command("stats")
