@@ -27,6 +27,7 @@ class Exit(IntEnum):
     USAGE = 2  # bad command-line use (typer's own code for this)
     LINK = 3  # the broker could not be reached
     MISSING = 4  # something the command needs is not installed
+    NO_REPLY = 5  # the broker was reached but the device did not answer in time
 
 
 def fail(message: str, code: Exit = Exit.FAILED) -> NoReturn:

@@ -254,7 +254,7 @@ def call_device(
     as_json: Annotated[bool, typer.Option("--json", help="Print the reply as JSON.")] = False,
 ) -> None:
     """Send a signed command to a device and print its reply (ping answers with the round-trip time)."""
-    from edgekernel.fleet import call  # noqa: PLC0415 (keeps `--help` fast)
+    from edgekernel.fleet import CallTimeoutError, call  # noqa: PLC0415 (keeps `--help` fast)
     from edgekernel.link import LinkError  # noqa: PLC0415
     from edgekernel.protocol import FleetKey, ProtocolError  # noqa: PLC0415
 
@@ -275,6 +275,9 @@ def call_device(
         )
     except (ProtocolError, OSError) as err:
         fail(f"cannot use the key {key_path}: {err}")
+    except CallTimeoutError as err:
+        hint = "is it online, and does its config list this fleet key under fleet_keys?"
+        fail(f"{err}: {hint}", Exit.NO_REPLY)
     except LinkError as err:
         fail(str(err), Exit.LINK)
     reply = result.reply

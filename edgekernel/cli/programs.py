@@ -24,7 +24,7 @@ from edgekernel.cli.common import (
     setup_logging,
 )
 from edgekernel.cli.tables import Column, print_fitted
-from edgekernel.config import DeviceConfig, GatewayConfig, load_device, load_gateway
+from edgekernel.config import DeviceConfig, GatewayConfig, load_checked, load_gateway
 from edgekernel.errors import EdgeKernelError
 
 device_app = typer.Typer(
@@ -57,7 +57,9 @@ def _start(
     duration: float | None,
     verbose: int,
 ) -> None:
-    """Load and check the config, apply --broker, build the program, run it until a signal."""
+    """Load and check the config and the files it names, apply --broker, build the program, run it
+    until a signal. A program that cannot do what its config says (a model it must serve does not
+    load) stops with a one-line error and exit code 1."""
     setup_logging(verbose)
     try:
         cfg = load(config)
@@ -66,7 +68,10 @@ def _start(
         program = build(cfg)
     except (EdgeKernelError, ValueError) as err:
         fail(str(err), Exit.FAILED)
-    run_until_signal(program, duration=duration)
+    try:
+        run_until_signal(program, duration=duration)
+    except EdgeKernelError as err:
+        fail(str(err), Exit.FAILED)
 
 
 @device_app.command("run")
@@ -80,7 +85,7 @@ def device_run(
     from edgekernel.device.kernel import Kernel  # noqa: PLC0415 (keeps `--help` fast)
 
     _start(
-        load_device,
+        lambda path: load_checked(path, DeviceConfig),
         lambda cfg: Kernel(cfg).run,
         config=config,
         broker=broker,
@@ -117,7 +122,14 @@ def gateway_run(
 
         return Members(cfg.processes - 1, argv).around(gateway.run)
 
-    _start(load_gateway, build, config=config, broker=broker, duration=duration, verbose=verbose)
+    _start(
+        lambda path: load_checked(path, GatewayConfig),
+        build,
+        config=config,
+        broker=broker,
+        duration=duration,
+        verbose=verbose,
+    )
 
 
 @gateway_app.command("stats")

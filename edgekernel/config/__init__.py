@@ -1,6 +1,7 @@
 """Pydantic models for every file a user writes, and the loader that reports file:line."""
 
 from edgekernel.config.errors import ConfigError, ConfigProblem
+from edgekernel.config.files import load_checked
 from edgekernel.config.loader import load, load_device, load_fleet, load_gateway
 from edgekernel.config.models import (
     BrokerConfig,
@@ -25,6 +26,7 @@ __all__ = [
     "OutboxConfig",
     "SensorConfig",
     "load",
+    "load_checked",
     "load_device",
     "load_fleet",
     "load_gateway",

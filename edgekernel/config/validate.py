@@ -1,4 +1,5 @@
-"""Validate a whole firmware-config folder: each file against its model, then the files together.
+"""Validate a whole firmware-config folder: each file against its model and the files it names
+(they exist, and a model file matches its sha256), then the files together.
 
     fleet.yaml        FleetConfig
     devices/*.yaml    DeviceConfig, one device per file, named after the device id
@@ -18,6 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from edgekernel.config.errors import ConfigError, ConfigProblem
+from edgekernel.config.files import file_problems
 from edgekernel.config.loader import Located, load_located
 from edgekernel.config.models import DeviceConfig, FleetConfig, GatewayConfig
 
@@ -65,10 +67,11 @@ def kind_of(file: Path) -> ConfigKind | None:
 def validate_file(file: Path, kind: ConfigKind) -> FileResult:
     """Validate one file against the model of `kind`, with no cross-file checks."""
     try:
-        load_located(file, MODELS[kind])
+        located = load_located(file, MODELS[kind])
     except ConfigError as err:
         return FileResult(file, kind, err)
-    return FileResult(file, kind, None)
+    problems = file_problems(located)
+    return FileResult(file, kind, ConfigError(problems) if problems else None)
 
 
 def validate_tree(root: Path) -> list[FileResult]:
@@ -122,6 +125,7 @@ class _TreeCheck:
         except ConfigError as err:
             problems.extend(err.problems)
             return
+        problems.extend(file_problems(located))
         if kind is ConfigKind.FLEET:
             self._fleet = located
         else:

@@ -19,7 +19,14 @@ import numpy as np
 from edgekernel.config.kernel import KernelConfig, ModelSpec
 from edgekernel.device.models import ModelManager, runtime_for
 from edgekernel.device.models._tensors import check_inputs
-from edgekernel.device.models.runtime import FloatArray, InferenceError, ModelError, Session
+from edgekernel.device.models.runtime import (
+    FloatArray,
+    InferenceError,
+    ModelError,
+    ModelFileError,
+    RuntimeUnavailableError,
+    Session,
+)
 from edgekernel.device.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -152,15 +159,32 @@ class Inference:
         )
 
     def start(self, *, preload: bool = True) -> None:
-        """Start the workers; load the pinned models (and, with `preload`, every model that fits)."""
+        """Start the workers; load the pinned models (and, with `preload`, every model that fits).
+
+        Raises `ModelError` (after stopping again) when a pinned model does not load, or when any
+        model's file or runtime can never serve it (`ModelFileError`, `RuntimeUnavailableError`): the
+        kernel cannot do what its config says. An unpinned model that fails otherwise (say, it does
+        not fit the budget beside the others yet) is left to load on first use.
+        """
         self.scheduler.start()
+        try:
+            self._preload(preload)
+        except ModelError:
+            self.stop(drain=False)
+            raise
+
+    def _preload(self, preload: bool) -> None:
         for spec in sorted(self.config.models, key=lambda s: not s.pinned):
             if not spec.pinned and (not preload or spec.memory_mb > self.manager.free_mb()):
                 continue  # loaded on first use; preloading must not evict what was loaded first
             try:
                 self.manager.load(spec.name)
+            except (ModelFileError, RuntimeUnavailableError):
+                raise
             except ModelError as err:
-                log.warning("model %s not loaded at start (the kernel serves the others): %s", spec.name, err)
+                if spec.pinned:
+                    raise
+                log.warning("model %s not loaded at start (it loads on first use): %s", spec.name, err)
 
     def swap(self, spec: ModelSpec) -> None:
         """Hot-swap a model to a new version (same name): requests in flight finish on the old one."""

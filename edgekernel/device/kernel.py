@@ -167,8 +167,8 @@ class Kernel:
             logging.getLogger().removeHandler(log_handler)
 
     async def _run(self, stop: asyncio.Event) -> None:
+        await asyncio.to_thread(self.inference.start)  # first: a model that cannot load stops the device
         await self.outbox.start()
-        await asyncio.to_thread(self.inference.start)
         async with contextlib.AsyncExitStack() as stack:
             if self.coap is not None:
                 await stack.enter_async_context(self.coap)

@@ -80,7 +80,7 @@ def test_file_of_unknown_kind_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_kind_option_names_the_model(tmp_path: Path) -> None:
     path = tmp_path / "box.yaml"
-    shutil.copy(EXAMPLE / "devices" / "dev-01.yaml", path)
+    shutil.copy(EXAMPLE / "devices" / "dev-03.yaml", path)  # names no model file
     assert run("validate", "--kind", "device", path).exit_code == 0
     result = run("validate", "--kind", "gateway", path)
     assert result.exit_code == 1

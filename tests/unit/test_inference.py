@@ -111,7 +111,7 @@ def test_a_corrupt_model_fails_its_requests_and_the_others_keep_serving(tmp_path
     broken.write_bytes(data[: len(data) // 3])
     bad = spec("vibration_cnn.fp32.onnx", "bad").model_copy(update={"file": broken})
     inference = Inference(config(bad, spec("vibration_cnn.fp32.onnx", "good")))
-    inference.start()
+    inference.start(preload=False)  # corrupted after start: found when first used
     x, _ = split("vibration", "test", n=1)
     try:
         with pytest.raises(ModelFileError, match="sha256"):
@@ -120,6 +120,17 @@ def test_a_corrupt_model_fails_its_requests_and_the_others_keep_serving(tmp_path
         assert probs.shape == (1, 2)
     finally:
         inference.stop()
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_start_refuses_a_model_file_that_can_never_serve(tmp_path: Path, pinned: bool) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not the model")
+    bad = spec("vibration_cnn.fp32.onnx", "bad", pinned=pinned).model_copy(update={"file": broken})
+    inference = Inference(config(bad, spec("vibration_cnn.fp32.onnx", "good")))
+    with pytest.raises(ModelFileError, match="sha256"):
+        inference.start()
+    assert inference.manager.stats().loaded == ()  # stopped again: nothing left loaded
 
 
 def test_executor_batches_only_batch_capable_models() -> None:
