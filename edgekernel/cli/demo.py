@@ -21,6 +21,7 @@ from rich.table import Table
 
 from edgekernel.cli.common import Exit, console, die_with_parent, err_console, fail
 from edgekernel.config import ConfigError, load_device, load_gateway
+from edgekernel.errors import EdgeKernelError
 
 if TYPE_CHECKING:
     from edgekernel.gateway import DeviceSummary
@@ -154,6 +155,8 @@ class Demo:
 
         self.broker = Mosquitto(workdir / "broker", port=port, persistence=True)
         self.store_path = self.data_dir / GATEWAY / "store.db"
+        self.key_path = workdir / "keys" / "fleet.key"
+        self.public_key_path = workdir / "keys" / "fleet.pub"
         self.device_names = [f"dev-{i:02d}" for i in range(1, devices + 1)]
         self.children: dict[str, Child] = {}
         self.gateway_coap_port = free_port()
@@ -161,12 +164,30 @@ class Demo:
         # the first device also serves CoAP; the last of two or more talks to the gateway over CoAP only
         self.coap_only = self.device_names[-1] if devices >= 2 else None
 
+    def write_key(self) -> None:
+        """The fleet's signing key (kept from an earlier run in the same workdir): the devices trust
+        its public half, and fleet.yaml names the private one, so `fleet call` works at once."""
+        from edgekernel.protocol import FleetKey  # noqa: PLC0415 (keeps `--help` fast)
+
+        self.key_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.key_path.exists():
+            key = FleetKey.load(self.key_path)
+        else:
+            key = FleetKey.generate()
+            key.save(self.key_path)
+        self.public_key_path.write_bytes(key.public_pem())
+
     def write_configs(self) -> None:
+        self.write_key()
         (self.config_dir / "devices").mkdir(parents=True, exist_ok=True)
         (self.config_dir / "gateways").mkdir(parents=True, exist_ok=True)
-        (self.config_dir / "fleet.yaml").write_text(
-            yaml.safe_dump({"fleet": FLEET, "name": "edgekernel demo", "broker": {"url": self.broker.url}})
-        )
+        fleet = {
+            "fleet": FLEET,
+            "name": "edgekernel demo",
+            "broker": {"url": self.broker.url},
+            "signing_key": str(self.key_path),
+        }
+        (self.config_dir / "fleet.yaml").write_text(yaml.safe_dump(fleet, sort_keys=False))
         gw_path = self.config_dir / "gateways" / f"{GATEWAY}.yaml"
         gw_path.write_text(
             yaml.safe_dump(gateway_config(self.data_dir, self.gateway_coap_port), sort_keys=False)
@@ -174,6 +195,7 @@ class Demo:
         load_gateway(gw_path)
         for index, name in enumerate(self.device_names, start=1):
             config = device_config(index, self.data_dir)
+            config["fleet_keys"] = [str(self.public_key_path)]
             if index == 1:
                 config["coap"] = {"host": "127.0.0.1", "port": self.device_coap_port}
             if name == self.coap_only:
@@ -282,6 +304,10 @@ def _banner(demo: Demo) -> None:
     print_line(f"  watch       mosquitto_sub -h 127.0.0.1 -p {port} -t 'ek/v1/#' -v")
     print_line(f"  decoded     edgekernel topics watch 'ek/v1/#' --broker {demo.broker.url}")
     print_line(f"  devices     edgekernel fleet devices --broker {demo.broker.url} --fleet {FLEET}")
+    fleet_yaml = demo.config_dir / "fleet.yaml"
+    first = demo.device_names[0]
+    print_line(f"  call        edgekernel fleet call {first} ping --config {fleet_yaml}")
+    print_line(f"  stats       edgekernel device stats {first} --config {fleet_yaml}")
     coap = f"coap://127.0.0.1:{demo.device_coap_port}"
     print_line(f"  coap        aiocoap-client {coap}/.well-known/core  ({demo.device_names[0]})")
     if demo.coap_only is not None:
@@ -289,6 +315,7 @@ def _banner(demo: Demo) -> None:
         print_line(f"  coap-only   {demo.coap_only} posts to the gateway's {ingest}")
     print_line(f"  workdir     {demo.workdir}  (configs, logs, the gateway's store.db)")
     print_line("  stop        Ctrl-C")
+    sys.stdout.flush()  # the lines to copy come out at once, also into a pipe
 
 
 def demo(
@@ -331,6 +358,8 @@ def demo(
         fail(str(err), Exit.FAILED)
     except ConfigError as err:
         fail(f"generated config does not validate (a bug): {err}")
+    except (OSError, EdgeKernelError) as err:
+        fail(f"cannot set the demo up in {root}: {err}")
     finally:
         for sig in stop_signals:
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean stop short

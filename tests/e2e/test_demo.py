@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,8 @@ from edgekernel.gateway import StoreError, read_summary
 from tests.integration.helpers import poll
 
 pytestmark = pytest.mark.e2e
+
+DEMO = [sys.executable, "-m", "edgekernel", "demo"]
 
 
 def fleet_status(url: str) -> dict[str, bool | None]:
@@ -93,3 +97,57 @@ def test_demo_with_three_devices(tmp_path: Path) -> None:
             pytest.fail(f"the demo did not stop within 60 s of SIGINT:\n{output}\n{logs}")
     assert proc.returncode == 0, output
     assert f"mosquitto_sub -h 127.0.0.1 -p {run['broker_port']} -t 'ek/v1/#' -v" in output
+
+
+def test_demo_prints_fleet_call_and_device_stats_lines_that_work(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [*DEMO, "--devices", "1", "--duration", "120", "--workdir", str(workdir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+
+    def printed(label: str) -> list[str]:
+        found = [line.split(None, 1)[1] for line in list(lines) if line.split(None, 1)[:1] == [label]]
+        return shlex.split(found[0]) if found else []
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        assert argv[0] == "edgekernel", argv
+        return subprocess.run(
+            [sys.executable, "-m", "edgekernel", *argv[1:], "--timeout", "10"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    try:
+        call = poll(lambda: printed("call"), timeout=60, what="the printed `fleet call` line")
+        stats = poll(lambda: printed("stats"), timeout=5, what="the printed `device stats` line")
+        assert call[:3] == ["edgekernel", "fleet", "call"]
+        assert stats[:3] == ["edgekernel", "device", "stats"]
+
+        def answered(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
+            done = run(argv)
+            return done if done.returncode == 0 else None
+
+        pong = poll(lambda: answered([*call, "--json"]), timeout=60, what="dev-01 answering ping")
+        assert json.loads(pong.stdout)["result"]["pong"] is True
+        table = poll(lambda: answered(stats), timeout=30, what="dev-01 answering stats")
+        assert "backlog" in table.stdout
+        assert "no-keys" not in table.stdout + table.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
+        proc.stdout.close()
+    assert proc.returncode == 0, "".join(lines)
