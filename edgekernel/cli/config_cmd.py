@@ -70,6 +70,8 @@ def _unique(results: list[FileResult]) -> list[FileResult]:
 
 
 def _validate_path(path: Path, kind: ConfigKind | None) -> list[FileResult]:
+    if path.is_dir() and path.suffix in YAML_SUFFIXES:  # named like a file: refused as one
+        return [validate_file(path, kind or kind_of(path) or ConfigKind.DEVICE)]
     if path.is_dir():
         return _validate_folder(path, kind)
     chosen = kind or kind_of(path)

@@ -11,7 +11,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from edgekernel.protocol.topics import ID_PATTERN
 
 Id = Annotated[str, Field(pattern=f"^{ID_PATTERN}$", description="1-63 of a-z 0-9 _ -")]
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 def _resolve(path: Path, info: ValidationInfo) -> Path:

@@ -10,6 +10,7 @@ from edgekernel.config.base import FilePath, Id, Model
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the model file")]
 Version = Annotated[str, Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,31}$")]
+Accelerator = Annotated[str, Field(min_length=1, max_length=64)]
 DType = Literal["float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool"]
 
 
@@ -17,7 +18,9 @@ class TensorSpec(Model):
     """An input or output as the caller sees it; checked against the model file when it loads."""
 
     name: Annotated[str, Field(min_length=1, max_length=256)]
-    shape: list[Annotated[int, Field(ge=1)] | None] = Field(description="None for a dynamic dimension")
+    shape: Annotated[list[Annotated[int, Field(ge=1, le=2**31 - 1)] | None], Field(max_length=16)] = Field(
+        description="None for a dynamic dimension"
+    )
     dtype: DType = "float32"
 
 
@@ -27,9 +30,11 @@ class ModelSpec(Model):
     file: FilePath
     sha256: Sha256
     runtime: Literal["onnx", "litert"]
-    inputs: list[TensorSpec] = []
-    outputs: list[TensorSpec] = []
-    accelerators: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+    inputs: Annotated[list[TensorSpec], Field(max_length=256)] = []
+    outputs: Annotated[list[TensorSpec], Field(max_length=256)] = []
+    accelerators: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=16)
+    ] = Field(
         default_factory=lambda: ["cpu"],
         description="preferred execution providers / delegates, best first; cpu is always the fallback",
     )
@@ -57,9 +62,9 @@ class SloConfig(Model):
 
     p95_ms: Annotated[float, Field(gt=0, le=600_000, allow_inf_nan=False)]
     window: Annotated[int, Field(ge=10, le=100_000)] = 200
-    kp: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.6
-    ki: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.2
-    kd: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.05
+    kp: Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)] = 0.6
+    ki: Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)] = 0.2
+    kd: Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)] = 0.05
     interval_ms: Annotated[float, Field(gt=0, le=60_000, allow_inf_nan=False)] = 100.0
 
 
@@ -78,7 +83,7 @@ class SchedulerConfig(Model):
         description="how far an agent may run ahead of its weighted share before others go first; "
         "0 is strict weighted fair queueing",
     )
-    agents: dict[Id, AgentQuota] = {}
+    agents: Annotated[dict[Id, AgentQuota], Field(max_length=1024)] = {}
     default_quota: AgentQuota = AgentQuota()
     slo: SloConfig | None = None
 
@@ -92,7 +97,7 @@ class KernelConfig(Model):
         None, description="optimized-graph cache [default: data_dir/model-cache]"
     )
     scheduler: SchedulerConfig = SchedulerConfig()
-    models: list[ModelSpec] = []
+    models: Annotated[list[ModelSpec], Field(max_length=256)] = []
 
     @model_validator(mode="after")
     def _unique_models(self) -> KernelConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import reprlib
+import stat
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from edgekernel.config.errors import ConfigError, ConfigProblem
+from edgekernel.config.files import describe_mode
 from edgekernel.config.models import DeviceConfig, FleetConfig, GatewayConfig
 from edgekernel.protocol.topics import ID_PATTERN
 
@@ -87,7 +89,18 @@ def _fail(file: Path, message: str, line: int | None = None, column: int | None 
 
 def _read_text(file: Path) -> str:
     try:
-        with file.open("rb") as stream:
+        # Non-blocking, then fstat: a FIFO or a device is refused before anything waits on it.
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        if isinstance(err, IsADirectoryError):
+            _fail(file, "is a folder, not a config file")
+        _fail(file, f"cannot read the file: {err.strerror or err}")
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            _fail(file, f"is {describe_mode(mode)}, not a config file")
+        with os.fdopen(fd, "rb") as stream:
             raw = stream.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         _fail(file, f"cannot read the file: {err.strerror or err}")
@@ -103,7 +116,7 @@ def _read_text(file: Path) -> str:
 def _parse(file: Path, text: str) -> tuple[dict[Key, Mark], object]:
     loader: yaml.SafeLoader | None = None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         root = loader.get_single_node()
         if root is None:
             _fail(file, _EMPTY, 1, 1)
@@ -111,8 +124,8 @@ def _parse(file: Path, text: str) -> tuple[dict[Key, Mark], object]:
         marks = _index(file, root)
         try:
             return marks, loader.construct_document(root)
-        except (ValueError, TypeError, OverflowError, LookupError, AttributeError) as err:
-            _fail(file, f"a value cannot be read: {err}")  # PyYAML's answer to e.g. `!!timestamp x`
+        except _ValueAt as err:
+            _fail(file, f"a value cannot be read: {err.reason}", *_mark(err.node))
     except yaml.YAMLError as err:
         _yaml_failure(file, text, err)
     except RecursionError:
@@ -120,6 +133,31 @@ def _parse(file: Path, text: str) -> tuple[dict[Key, Mark], object]:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+class _ValueAt(Exception):
+    """A scalar PyYAML cannot construct (`!!timestamp x`, an integer of 5,000 digits), with its node."""
+
+    def __init__(self, node: yaml.Node, reason: str) -> None:
+        super().__init__(reason)
+        self.node, self.reason = node, reason
+
+
+class _Loader(yaml.SafeLoader):
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError, LookupError, AttributeError) as err:
+            raise _ValueAt(node, _why(node, err)) from err
+
+
+def _why(node: yaml.Node, err: Exception) -> str:
+    shown = reprlib.repr(node.value) if isinstance(node, yaml.ScalarNode) else "the value"
+    if node.tag == "tag:yaml.org,2002:timestamp":
+        return f"{shown} is not a timestamp (YYYY-MM-DD, or YYYY-MM-DD HH:MM:SS)"
+    if node.tag == "tag:yaml.org,2002:int":
+        return "the integer has too many digits" if "digits" in str(err) else f"{shown} is not an integer"
+    return f"{shown}: {err or type(err).__name__}"
 
 
 def _yaml_failure(file: Path, text: str, err: yaml.YAMLError) -> NoReturn:

@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from edgekernel.config.base import FilePath, Id, Model, Seconds
+from edgekernel.config.base import FilePath, Id, Model
 from edgekernel.config.kernel import KernelConfig
 from edgekernel.config.outbox import OutboxConfig
 from edgekernel.protocol.codec import DEFAULT_MAX_PAYLOAD, Encoding
@@ -36,9 +36,9 @@ class TlsConfig(Model):
 
 
 class ReconnectConfig(Model):
-    min_delay_s: Seconds = 0.5
-    max_delay_s: Seconds = 30.0
-    jitter: Annotated[float, Field(ge=0, le=1)] = 0.5
+    min_delay_s: Annotated[float, Field(ge=0.01, le=3600, allow_inf_nan=False)] = 0.5
+    max_delay_s: Annotated[float, Field(ge=0.01, le=86_400, allow_inf_nan=False)] = 30.0
+    jitter: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.5
 
     @model_validator(mode="after")
     def _ordered(self) -> ReconnectConfig:
@@ -123,12 +123,12 @@ class CoapServerConfig(Model):
 class GatewayCoapConfig(CoapServerConfig):
     """The gateway's CoAP ingest for CoAP-only devices."""
 
-    devices: list[Id] | None = Field(
+    devices: Annotated[list[Id], Field(max_length=100_000)] | None = Field(
         None,
         description="the CoAP-only devices that may post (anything else is refused with 4.03); unset, "
         "any sender is believed, so serve CoAP on a trusted network only",
     )
-    offline_after_s: Seconds = Field(
+    offline_after_s: Annotated[float, Field(ge=1, le=86_400, allow_inf_nan=False)] = Field(
         120.0,
         description="a CoAP-only device silent this long is marked offline, retained on its status topic "
         "(CoAP has no Last Will); keep it above the devices' reported_interval_s",
@@ -144,7 +144,9 @@ class DeviceCoapConfig(CoapServerConfig):
         None, description="coap://HOST:PORT of the gateway; set, the device uses CoAP only (no broker)"
     )
     window: Annotated[int, Field(ge=1, le=256)] = Field(16, description="posts awaiting an answer at once")
-    timeout_s: Seconds = Field(10.0, description="a post unanswered this long counts the gateway as gone")
+    timeout_s: Annotated[float, Field(ge=0.1, le=3600, allow_inf_nan=False)] = Field(
+        10.0, description="a post unanswered this long counts the gateway as gone"
+    )
     reconnect: ReconnectConfig = ReconnectConfig()
 
     @field_validator("gateway_url")
@@ -170,12 +172,12 @@ class BatchConfig(Model):
 
 class SimSignal(Model):
     kind: Literal["sine", "vibration", "temperature", "random-walk"] = "sine"
-    seed: int = 0
-    amplitude: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
-    frequency_hz: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
-    offset: Annotated[float, Field(allow_inf_nan=False)] = 0.0
-    noise: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.05
-    anomaly_rate: Annotated[float, Field(ge=0, le=1)] = Field(
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+    amplitude: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 1.0
+    frequency_hz: Annotated[float, Field(gt=0, le=10_000, allow_inf_nan=False)] = 1.0
+    offset: Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)] = 0.0
+    noise: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 0.05
+    anomaly_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = Field(
         0.0, description="probability per sample that an anomaly burst starts"
     )
 
@@ -196,12 +198,14 @@ class DeviceConfig(Model):
     broker: BrokerConfig = BrokerConfig()
     data_dir: FilePath = Field(description="where the device keeps its state (seq, boot count)")
     encoding: Encoding = Encoding.JSON
-    labels: dict[Id, Annotated[str, Field(max_length=128)]] = {}
-    reported_interval_s: Seconds = 30.0
-    sensors: list[SensorConfig] = []
+    labels: Annotated[dict[Id, Annotated[str, Field(max_length=128)]], Field(max_length=64)] = {}
+    reported_interval_s: Annotated[float, Field(ge=0.5, le=86_400, allow_inf_nan=False)] = Field(
+        30.0, description="seconds between `reported` messages (0.5 to a day)"
+    )
+    sensors: Annotated[list[SensorConfig], Field(max_length=256)] = []
     kernel: KernelConfig = KernelConfig()
     outbox: OutboxConfig = OutboxConfig()
-    fleet_keys: list[FilePath] = Field(
+    fleet_keys: Annotated[list[FilePath], Field(max_length=16)] = Field(
         default_factory=list, description="the fleet's public keys (PEM): commands signed by them are run"
     )
     coap: DeviceCoapConfig | None = Field(None, description="CoAP server, and the CoAP-only mode")

@@ -91,6 +91,9 @@ def _yaml_files(root: Path) -> list[Path]:
         subfolders[:] = [
             name for name in subfolders if not name.startswith(".") and not (here == root and name == SKIPPED)
         ]
+        # a folder named like a config file is reported (the loader refuses it), not walked into
+        found.extend(here / name for name in subfolders if Path(name).suffix in YAML_SUFFIXES)
+        subfolders[:] = [name for name in subfolders if Path(name).suffix not in YAML_SUFFIXES]
         found.extend(here / name for name in names if Path(name).suffix in YAML_SUFFIXES)
     return sorted(found)
 

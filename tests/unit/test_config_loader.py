@@ -353,7 +353,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_folder_instead_of_file(tmp_path: Path) -> None:
-    assert only_problem(tmp_path).message.startswith("cannot read the file")
+    assert only_problem(tmp_path).message == "is a folder, not a config file"
 
 
 def test_oversized_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
