@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from edgekernel.link import Outbox
 from edgekernel.protocol import ProtocolError, TopicKind, decode, topics
 from edgekernel.protocol.bodies import AckBody
+from tests.stores import rows
 from tests.waiting import DEADLINE_S, wait_until
 
 FLEET = "chaos"
@@ -162,16 +163,9 @@ def running(gw: Program | list[Program], devices: list[Program]) -> Iterator[Non
 
 
 def stored_counts(tmp: Path) -> dict[str, int]:
-    """Messages stored per device; none before the gateway has created its store and its tables
-    (a gateway just started may not have yet, however long the test has waited)."""
-    try:
-        with sqlite3.connect(f"file:{tmp / 'store.db'}?mode=ro", uri=True, timeout=30) as db:
-            rows = db.execute("SELECT device, count(*) FROM messages GROUP BY device").fetchall()
-    except sqlite3.OperationalError as err:
-        if "no such table" in str(err) or "unable to open" in str(err):
-            return {}
-        raise
-    return {str(name): int(count) for name, count in rows}
+    """Messages stored per device; none before the gateway has created its store."""
+    found = rows(tmp / "store.db", "SELECT device, count(*) FROM messages GROUP BY device")
+    return {str(name): int(count) for name, count in found}
 
 
 def wait_stored(

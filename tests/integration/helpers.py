@@ -37,7 +37,7 @@ class Collector:
 
     async def __aenter__(self) -> Collector:
         self.session.start()
-        await self.session.wait_connected(DEADLINE_S)
+        await self.session.wait_subscribed(DEADLINE_S)  # else what is published next may pass it by
         self._task = asyncio.create_task(self._collect())
         return self
 
