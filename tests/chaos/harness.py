@@ -198,8 +198,9 @@ def more_than_now(tmp: Path, names: list[str], more: int) -> dict[str, int]:
 
 def stored(tmp: Path, device_name: str) -> list[tuple[int, float]]:
     """(seq, ts) of every message the gateway stored for a device, by seq."""
-    with sqlite3.connect(tmp / "store.db", timeout=30) as db:
-        return list(db.execute("SELECT seq, ts FROM messages WHERE device = ? ORDER BY seq", (device_name,)))
+    query = "SELECT seq, ts FROM messages WHERE device = ? ORDER BY seq"
+    found = rows(tmp / "store.db", query, (device_name,))
+    return [(int(seq), float(ts)) for seq, ts in found]
 
 
 def sent_within(tmp: Path, names: list[str], start: float, end: float) -> dict[str, int]:
