@@ -27,6 +27,9 @@ INSTALL_HINT = (
 
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+# A port found free may be taken by another program before mosquitto binds it (on a machine running
+# many brokers at once): a broker whose port was chosen for it then tries another.
+PORT_ATTEMPTS = 5
 
 
 def find_mosquitto() -> Path:
@@ -50,6 +53,10 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
             return True
     except OSError:
         return False
+
+
+class _PortInUse(BrokerError):
+    """The port is taken: another may be chosen if it was ours to choose."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +103,7 @@ class Mosquitto:
     ) -> None:
         self.workdir = Path(workdir)
         self.host = host
+        self._may_move = port is None  # until it has listened once: clients then know its port
         self.port = port or free_port(host)
         self.persistence = persistence
         self.autosave_interval_s = autosave_interval_s
@@ -155,12 +163,25 @@ class Mosquitto:
             lines.append(self.extra_config)
         self.config_path.write_text("\n".join(lines) + "\n")
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 30.0) -> None:
         if self.running:
             return
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start(timeout)
+            except _PortInUse:
+                if not self._may_move or attempt == PORT_ATTEMPTS:
+                    raise
+                self.port = free_port(self.host)
+            else:
+                self._may_move = False
+                return
+
+    def _start(self, timeout: float) -> None:
         if port_open(self.host, self.port):
-            raise BrokerError(f"port {self.port} on {self.host} is already in use; choose another port")
+            raise _PortInUse(f"port {self.port} on {self.host} is already in use; choose another port")
         self._write_config()
+        logged_before = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._proc = subprocess.Popen(
             [str(self.binary), "-c", str(self.config_path)],
             stdin=subprocess.DEVNULL,
@@ -173,13 +194,23 @@ class Mosquitto:
             if self._proc.poll() is not None:
                 proc, self._proc = self._proc, None
                 _, stderr = proc.communicate()  # closes the pipe; the reason is mostly in the log
-                why = " | ".join(filter(None, [stderr.decode(errors="replace").strip(), self._log_tail()]))
-                raise BrokerError(f"mosquitto exited at start: {why}")
+                said = stderr.decode(errors="replace").strip()
+                why = " | ".join(filter(None, [said, self._log_tail()]))
+                taken = "Address already in use" in said + self._log_text(logged_before)
+                raise (_PortInUse if taken else BrokerError)(f"mosquitto exited at start: {why}")
             if port_open(self.host, self.port):
                 return
             time.sleep(0.02)
         self.kill()
         raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout}s")
+
+    def _log_text(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def _log_tail(self) -> str:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sqlite3
 import subprocess
@@ -21,8 +22,15 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from edgekernel.link import Outbox
 from edgekernel.protocol import ProtocolError, TopicKind, decode, topics
 from edgekernel.protocol.bodies import AckBody
+from tests.stores import rows
+from tests.waiting import DEADLINE_S, wait_until
 
 FLEET = "chaos"
+
+# A wait on a stream of messages: long, as devices on a loaded machine may deliver a tenth of their
+# rate, but it ends early when nothing is stored for STALL_S.
+STREAM_DEADLINE_S = 400.0
+STALL_S = 60.0
 
 
 @dataclass
@@ -44,13 +52,13 @@ class Program:
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        self.proc.wait(DEADLINE_S)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(20)
+                self.proc.wait(DEADLINE_S)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -64,6 +72,7 @@ def device(
     rate_hz: float = 200,
     batch: int = 10,
     fleet_keys: list[Path] | None = None,
+    resend_after_s: float = 1.0,
 ) -> Program:
     """A device process; with `batch` 1 each sample is its own message (rate_hz messages a second).
     With `fleet_keys` (public key files) it verifies and runs signed commands."""
@@ -74,7 +83,7 @@ def device(
         "data_dir": str(tmp / name),
         "reported_interval_s": 5,
         "broker": {"url": broker_url, "reconnect": {"min_delay_s": 0.1, "max_delay_s": 1.0}},
-        "outbox": {"resend_after_s": 1.0},
+        "outbox": {"resend_after_s": resend_after_s},
         "sensors": [
             {
                 "stream": "vibration",
@@ -116,6 +125,21 @@ def gateway(
     return Program(name, argv, tmp / f"{name}.log")
 
 
+def logged(program: Program, pattern: str) -> int:
+    """How many times `pattern` (a regular expression) is in the program's log, lines joined."""
+    return len(re.findall(pattern, re.sub(r"\s+", " ", program.log.read_text(errors="replace"))))
+
+
+def wait_subscribed(gw: Program, name: str | None = None, times: int = 1) -> None:
+    """Until the gateway (or its process `name`, such as gw-1/1) has said `times` times that it subscribed."""
+    pattern = rf"gateway {re.escape(name or gw.name)} subscribed"
+    wait_until(
+        lambda: logged(gw, pattern) >= times,
+        f"{name or gw.name} to subscribe ({times} times)",
+        seen=lambda: gw.log.read_text(errors="replace")[-1500:],
+    )
+
+
 @contextmanager
 def running(gw: Program | list[Program], devices: list[Program]) -> Iterator[None]:
     """The gateway (or gateways) and the devices run inside the block; at its end the devices stop
@@ -138,17 +162,51 @@ def running(gw: Program | list[Program], devices: list[Program]) -> Iterator[Non
             each.stop()
 
 
-def highest_stored(tmp: Path) -> dict[str, int]:
-    if not (tmp / "store.db").exists():
-        return {}
-    with sqlite3.connect(tmp / "store.db", timeout=5) as db:
-        return {d: int(n) for d, n in db.execute("SELECT device, count(*) FROM messages GROUP BY device")}
+def stored_counts(tmp: Path) -> dict[str, int]:
+    """Messages stored per device; none before the gateway has created its store."""
+    found = rows(tmp / "store.db", "SELECT device, count(*) FROM messages GROUP BY device")
+    return {str(name): int(count) for name, count in found}
+
+
+def wait_stored(
+    tmp: Path, at_least: dict[str, int], *, timeout: float = STREAM_DEADLINE_S, what: str = ""
+) -> dict[str, int]:
+    """Until the store holds at least `at_least[device]` messages of each device; the counts then.
+
+    How long that takes depends on how fast the machine runs the devices, so the wait has a long
+    deadline and fails early only if the counts stop growing for `STALL_S`."""
+
+    def enough() -> dict[str, int] | None:
+        counts = stored_counts(tmp)
+        return counts if all(counts.get(name, 0) >= n for name, n in at_least.items()) else None
+
+    return wait_until(
+        enough,
+        what or f"stored counts of at least {at_least}",
+        timeout=timeout,
+        seen=lambda: stored_counts(tmp),
+        stalled_after=STALL_S,
+        interval=0.3,
+    )
+
+
+def more_than_now(tmp: Path, names: list[str], more: int) -> dict[str, int]:
+    """`more` messages beyond what the store holds now, for each of `names`, for `wait_stored`."""
+    now = stored_counts(tmp)
+    return {name: now.get(name, 0) + more for name in names}
 
 
 def stored(tmp: Path, device_name: str) -> list[tuple[int, float]]:
     """(seq, ts) of every message the gateway stored for a device, by seq."""
-    with sqlite3.connect(tmp / "store.db") as db:
-        return list(db.execute("SELECT seq, ts FROM messages WHERE device = ? ORDER BY seq", (device_name,)))
+    query = "SELECT seq, ts FROM messages WHERE device = ? ORDER BY seq"
+    found = rows(tmp / "store.db", query, (device_name,))
+    return [(int(seq), float(ts)) for seq, ts in found]
+
+
+def sent_within(tmp: Path, names: list[str], start: float, end: float) -> dict[str, int]:
+    """How many messages of each device stored that were sent (sample time, wall clock) from
+    `start` to `end`."""
+    return {name: sum(1 for _, ts in stored(tmp, name) if start <= ts <= end) for name in names}
 
 
 def outbox_pending(tmp: Path, device_name: str) -> set[int]:
@@ -168,6 +226,7 @@ def check_exactly_once(tmp: Path, device_name: str) -> int:
     assert len(seqs) == len(set(seqs))
     waiting = outbox_pending(tmp, device_name)
     everything = set(seqs) | waiting
+    assert everything, f"{device_name}: nothing stored and nothing in its outbox: did it ever run?"
     assert everything == set(range(1, max(everything) + 1)), (
         f"{device_name}: missing {sorted(set(range(1, max(everything) + 1)) - everything)[:20]}"
     )
@@ -208,7 +267,7 @@ class AckWatcher:
     def __enter__(self) -> AckWatcher:
         self._client.connect(self.host, self.port)
         self._client.loop_start()
-        assert self._subscribed.wait(10), "the ack watcher was not subscribed within 10 s"
+        assert self._subscribed.wait(DEADLINE_S), f"the ack watcher was not subscribed within {DEADLINE_S}s"
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -244,7 +303,7 @@ class AckWatcher:
     def _stored_now(self, device_name: str, first: int, last: int) -> set[int]:
         if self._db is None:
             self._db = sqlite3.connect(
-                f"file:{self.store}?mode=ro", uri=True, timeout=5, check_same_thread=False
+                f"file:{self.store}?mode=ro", uri=True, timeout=30, check_same_thread=False
             )
         rows = self._db.execute(
             "SELECT seq FROM messages WHERE device = ? AND seq BETWEEN ? AND ?", (device_name, first, last)

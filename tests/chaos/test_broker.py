@@ -9,19 +9,10 @@ import pytest
 
 from edgekernel.link import Mosquitto
 
-from .harness import check_exactly_once, device, gateway, highest_stored, running
+from .harness import check_exactly_once, device, gateway, running, wait_stored
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos]
-
-
-def wait_stored(tmp: Path, names: list[str], at_least: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        counts = highest_stored(tmp)
-        if all(counts.get(name, 0) >= at_least for name in names):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"stored {highest_stored(tmp)} after {timeout}s, wanted {at_least} each")
+# Streams of a fixed length: on a loaded machine the devices take several times longer to send them.
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(900)]
 
 
 def test_broker_sigkill_in_a_20000_message_stream_from_5_devices(
@@ -32,11 +23,11 @@ def test_broker_sigkill_in_a_20000_message_stream_from_5_devices(
     names = [f"dev-{i}" for i in range(1, 6)]
     devices = [device(tmp_path, name, broker.url, rate_hz=100, batch=1) for name in names]
     with running(gw, devices):
-        wait_stored(tmp_path, names, 1500, timeout=90)
+        wait_stored(tmp_path, dict.fromkeys(names, 1500))
         broker.kill()
         time.sleep(1.0)
         broker.start()
-        wait_stored(tmp_path, names, 4000, timeout=120)
+        wait_stored(tmp_path, dict.fromkeys(names, 4000))
     total = sum(check_exactly_once(tmp_path, name) for name in names)
     assert total >= 20_000
 
@@ -49,10 +40,10 @@ def test_broker_down_for_a_minute_while_devices_publish_200_messages_a_second(
     names = ["dev-1", "dev-2"]
     devices = [device(tmp_path, name, broker.url, rate_hz=200, batch=1) for name in names]
     with running(gw, devices):
-        wait_stored(tmp_path, names, 200, timeout=60)
+        wait_stored(tmp_path, dict.fromkeys(names, 200))
         broker.stop()
         time.sleep(60)
         broker.start()
-        wait_stored(tmp_path, names, 13_000, timeout=180)  # everything from before, during and after
+        wait_stored(tmp_path, dict.fromkeys(names, 13_000))  # everything from before, during and after
     for name in names:
         assert check_exactly_once(tmp_path, name) >= 13_000

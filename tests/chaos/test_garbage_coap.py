@@ -20,8 +20,9 @@ import yaml
 from edgekernel.link import Mosquitto, free_port
 from edgekernel.link.coap import CoapClient, CoapError
 from edgekernel.protocol import Encoding
+from tests.waiting import DEADLINE_S
 
-from .harness import FLEET, Program, check_exactly_once
+from .harness import FLEET, Program, check_exactly_once, more_than_now, wait_stored
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -82,16 +83,6 @@ def programs(tmp: Path, broker_url: str, gw_port: int, dev_port: int) -> tuple[P
     gw = Program("gw-1", [*run, "gateway", "run", "--config", str(gw_config)], tmp / "gw-1.log")
     dev = Program("dev-1", [*run, "device", "run", "--config", str(dev_config)], tmp / "dev-1.log")
     return gw, dev
-
-
-def stored_count(tmp: Path) -> int:
-    if not (tmp / "store.db").exists():
-        return 0
-    try:
-        with sqlite3.connect(tmp / "store.db", timeout=5) as db:
-            return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
-    except sqlite3.OperationalError:  # created, its schema not yet
-        return 0
 
 
 def envelope(**fields: object) -> dict[str, object]:
@@ -231,7 +222,7 @@ def cbor_bomb() -> bytes:
 
 async def attack(url: str, cases: list[Case]) -> dict[str, tuple[str, str]]:
     results: dict[str, tuple[str, str]] = {}
-    async with CoapClient(timeout=10) as client:
+    async with CoapClient(timeout=DEADLINE_S) as client:
         for what, method, path, payload, fmt, _, _ in cases:
             results[what] = await one(client, url, method, path, payload, fmt)
     return results
@@ -246,7 +237,7 @@ async def one(
     if fmt is not None:
         message.opt.content_format = fmt
     try:
-        response = await asyncio.wait_for(client._send(message, url + path).response, 10)
+        response = await asyncio.wait_for(client._send(message, url + path).response, DEADLINE_S)
     except (aiocoap.error.Error, TimeoutError) as err:
         return "none", repr(err)
     except CoapError as err:
@@ -269,11 +260,7 @@ def test_garbage_on_every_coap_resource_is_refused_and_the_stream_flows(
     gw.start()
     dev.start()
     try:
-        deadline = time.monotonic() + 30
-        while stored_count(tmp_path) < 10:
-            assert time.monotonic() < deadline, "the CoAP-only device never delivered"
-            time.sleep(0.2)
-        before = stored_count(tmp_path)
+        wait_stored(tmp_path, {"dev-1": 10}, what="the CoAP-only device to deliver")
 
         g_cases, d_cases = gateway_cases(), device_cases()
         g_results = asyncio.run(attack(f"coap://127.0.0.1:{gw_port}", g_cases))
@@ -290,10 +277,7 @@ def test_garbage_on_every_coap_resource_is_refused_and_the_stream_flows(
                     wrong.append(f"{what}: expected {code} naming {words!r}, got {got} {diagnostic!r}")
         assert not wrong, "\n".join(wrong)
 
-        deadline = time.monotonic() + 15
-        while stored_count(tmp_path) < before + 30:
-            assert time.monotonic() < deadline, "the stream stopped flowing"
-            time.sleep(0.2)
+        wait_stored(tmp_path, more_than_now(tmp_path, ["dev-1"], 30), what="the stream to keep flowing")
         for program in (gw, dev):
             assert program.proc is not None
             assert program.proc.poll() is None, f"{program.name} died"

@@ -9,8 +9,18 @@ from pathlib import Path
 import pytest
 
 from edgekernel.link import Mosquitto
+from tests.waiting import wait_until
 
-from .harness import check_exactly_once, device, gateway, running
+from .harness import (
+    check_exactly_once,
+    device,
+    gateway,
+    more_than_now,
+    outbox_pending,
+    running,
+    stored,
+    wait_stored,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -23,12 +33,23 @@ def test_a_device_killed_five_times_at_random_loses_nothing(
     gw.start()
     rng = random.Random(4)
     try:
-        for _ in range(5):
+        for kill in range(1, 6):
             dev.start()
-            time.sleep(rng.uniform(1.5, 3.0))
+            # killed at a random moment once it streams again, however long it took to start
+            wait_stored(
+                tmp_path, more_than_now(tmp_path, ["dev-1"], 1), what=f"dev-1 streaming before kill {kill}"
+            )
+            time.sleep(rng.uniform(0.5, 2.0))
             dev.kill()
+        held = outbox_pending(tmp_path, "dev-1")
         dev.start()
-        time.sleep(4.0)  # resends everything it still holds, then keeps going
+        wait_until(
+            lambda: held <= {seq for seq, _ in stored(tmp_path, "dev-1")},
+            "dev-1 to resend everything it held when last killed",
+            timeout=120,
+            seen=lambda: sorted(held - {seq for seq, _ in stored(tmp_path, "dev-1")})[:20],
+        )
+        wait_stored(tmp_path, more_than_now(tmp_path, ["dev-1"], 50), what="dev-1 to keep going")
         dev.stop()
         time.sleep(1.0)
     finally:
@@ -42,11 +63,14 @@ def test_a_gateway_killed_and_restarted_loses_nothing_and_stores_nothing_twice(
 ) -> None:
     gw = gateway(tmp_path, persistent_broker.url)
     devices = [device(tmp_path, f"dev-{i}", persistent_broker.url) for i in (1, 2)]
+    names = [dev.name for dev in devices]
     with running(gw, devices):
-        time.sleep(4.0)
+        wait_stored(tmp_path, dict.fromkeys(names, 100))
         gw.kill()
-        time.sleep(1.5)
+        time.sleep(1.5)  # the devices keep sending while no gateway listens
         gw.start()
-        time.sleep(5.0)
-    for dev in devices:
-        assert check_exactly_once(tmp_path, dev.name) > 50
+        wait_stored(
+            tmp_path, more_than_now(tmp_path, names, 100), what="100 more each from the restarted gateway"
+        )
+    for name in names:
+        assert check_exactly_once(tmp_path, name) > 200

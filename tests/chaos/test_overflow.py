@@ -12,8 +12,8 @@ from edgekernel.config import BrokerConfig, DeviceConfig, GatewayConfig, OutboxC
 from edgekernel.config.models import BatchConfig, ReconnectConfig, SensorConfig, StoreConfig
 from edgekernel.device.kernel import Kernel
 from edgekernel.gateway import Gateway
-from edgekernel.link import Mosquitto
-from tests.integration.helpers import wait_until
+from edgekernel.link import Mosquitto, OutboxStats
+from tests.waiting import DEADLINE_S, wait_until_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -25,6 +25,15 @@ def stored(path: Path) -> set[int]:
         return set()
     with sqlite3.connect(path) as db:
         return {seq for (seq,) in db.execute("SELECT seq FROM messages")}
+
+
+def overflowed(policy: str, stats: OutboxStats) -> bool:
+    """The full outbox has acted on its policy at least once."""
+    if policy == "drop-oldest":
+        return stats.dropped_oldest > 0
+    if policy == "drop-newest":
+        return stats.dropped_newest > 0
+    return stats.refused > 0
 
 
 @pytest.mark.parametrize("policy", ["drop-oldest", "drop-newest", "block"])
@@ -58,10 +67,15 @@ def test_overflow_counters_match_what_did_not_arrive(broker: Mosquitto, tmp_path
         stop_device, stop_gateway = asyncio.Event(), asyncio.Event()
         gw_task = asyncio.create_task(gw.run(stop_gateway))
         dev_task = asyncio.create_task(kernel.run(stop_device))
-        await kernel.session.wait_connected(10)
+        await kernel.session.wait_connected(DEADLINE_S)
         await asyncio.sleep(0.5)
         broker.stop()  # the outbox fills: about 40 kB of ~400-byte messages at 100 a second
-        await asyncio.sleep(2.5)
+        await wait_until_async(
+            lambda: overflowed(policy, kernel.outbox.stats()),
+            f"the outbox to overflow ({policy})",
+            seen=kernel.outbox.stats,
+        )
+        await asyncio.sleep(0.5)
         broker.start()
         await asyncio.sleep(1.0)
         stop_device.set()  # stop producing, then let everything left be delivered
@@ -69,9 +83,11 @@ def test_overflow_counters_match_what_did_not_arrive(broker: Mosquitto, tmp_path
         replay = Kernel(kernel.config.model_copy(update={"sensors": []}))  # only drains what is left
         stop_device = asyncio.Event()
         dev_task = asyncio.create_task(replay.run(stop_device))
-        await replay.session.wait_connected(10)
+        await replay.session.wait_connected(DEADLINE_S)
         committed.append(replay.outbox.stats().highest_seq)
-        await wait_until(lambda: replay.outbox.stats().pending == 0, timeout=30, what="the outbox drained")
+        await wait_until_async(
+            lambda: replay.outbox.stats().pending == 0, "the outbox drained", seen=replay.outbox.stats
+        )
         stop_device.set()
         await dev_task
         await asyncio.sleep(0.3)

@@ -14,7 +14,6 @@ import re
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -24,24 +23,34 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from edgekernel.gateway import read_summary
 from edgekernel.link import Mosquitto
 from edgekernel.protocol import Sample, StatusBody, TelemetryBody, encode, topics
+from tests.waiting import wait_until
 
 from .harness import (
     FLEET,
+    STALL_S,
+    STREAM_DEADLINE_S,
     AckWatcher,
     Program,
     SeenAck,
     check_exactly_once,
     device,
     gateway,
-    highest_stored,
+    more_than_now,
     running,
+    sent_within,
     stored,
+    stored_counts,
+    wait_stored,
+    wait_subscribed,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 GROUP = "gateways"
-RESEND_AFTER_S = 1.0  # the devices' outbox.resend_after_s (harness.device)
+# How far apart in time acks from one gateway and from the other are told apart: an ack the
+# watcher receives this long after a gateway was killed was not sent by it, even on a loaded machine.
+IN_FLIGHT_S = 2.0
+RESEND_AFTER_S = 3.0  # the devices' outbox.resend_after_s where a test measures the wait for an ack
 
 
 def shared_gateways(tmp: Path, broker_url: str) -> tuple[Program, Program]:
@@ -51,33 +60,21 @@ def shared_gateways(tmp: Path, broker_url: str) -> tuple[Program, Program]:
     )
 
 
-def streaming_devices(tmp: Path, broker_url: str) -> list[Program]:
+def streaming_devices(tmp: Path, broker_url: str, resend_after_s: float = 1.0) -> list[Program]:
     """Three devices, 100 messages a second each (one sample a message)."""
-    return [device(tmp, f"dev-{i}", broker_url, rate_hz=100, batch=1) for i in (1, 2, 3)]
+    return [
+        device(tmp, f"dev-{i}", broker_url, rate_hz=100, batch=1, resend_after_s=resend_after_s)
+        for i in (1, 2, 3)
+    ]
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout}s")
-        time.sleep(0.1)
-
-
-def stored_counts(tmp: Path) -> dict[str, int]:
-    """Messages stored per device; none while the first gateway is still creating the store."""
-    try:
-        return highest_stored(tmp)
-    except sqlite3.OperationalError:
-        return {}
-
-
-def stored_at_least(tmp: Path, names: list[str], counts: int | dict[str, int]) -> Callable[[], bool]:
-    def check() -> bool:
-        now = stored_counts(tmp)
-        return all(now.get(n, 0) >= (counts if isinstance(counts, int) else counts[n]) for n in names)
-
-    return check
+def wait_acks(watcher: AckWatcher, at_least: dict[str, int], since: float = 0.0) -> None:
+    """Until each gateway named has sent `at_least` acks (received after `since`, monotonic)."""
+    wait_until(
+        lambda: all(acked_by(watcher.seen(), since)[gw] >= n for gw, n in at_least.items()),
+        f"acks {at_least}",
+        seen=lambda: acked_by(watcher.seen(), since),
+    )
 
 
 def final_counters(log: Path, name: str) -> Counter[str]:
@@ -122,28 +119,27 @@ def test_two_gateways_on_one_store_through_a_sigkill_and_restart_of_one(
     devices = streaming_devices(tmp_path, broker.url)
     names = [dev.name for dev in devices]
     with AckWatcher(broker.url, tmp_path / "store.db") as watcher, running([gw_a, gw_b], devices):
-        wait_for(stored_at_least(tmp_path, names, 150), "150 messages stored per device", 30)
-        wait_for(lambda: len(acked_by(watcher.seen())) == 2, "acks from both gateways", 10)
+        wait_stored(tmp_path, dict.fromkeys(names, 150))
+        wait_acks(watcher, {"gw-a": 1, "gw-b": 1})
         gw_b.kill()
         killed = time.monotonic()
-        time.sleep(1.5)
+        wait_acks(watcher, {"gw-a": 20}, since=killed + IN_FLIGHT_S)
         gw_b.start()
         restarted = time.monotonic()
-        wait_for(lambda: acked_by(watcher.seen(), restarted)["gw-b"] > 20, "acks from gw-b restarted", 20)
-        more = {name: count + 200 for name, count in stored_counts(tmp_path).items()}
-        wait_for(stored_at_least(tmp_path, names, more), "200 more messages per device", 20)
+        wait_acks(watcher, {"gw-a": 20, "gw-b": 20}, since=restarted + IN_FLIGHT_S)
+        wait_stored(tmp_path, more_than_now(tmp_path, names, 200), what="200 more messages per device")
     acks = check_acks_follow_commits(watcher)
 
-    assert all(check_exactly_once(tmp_path, name) > 350 for name in names)
+    assert all(check_exactly_once(tmp_path, name) >= 350 for name in names)
     assert set(acked_by(acks, 0, killed)) == {"gw-a", "gw-b"}
-    assert set(acked_by(acks, killed + 0.5, restarted)) == {"gw-a"}  # gw-b is down: gw-a has it all
-    assert set(acked_by(acks, restarted + 2.0)) == {"gw-a", "gw-b"}
+    assert set(acked_by(acks, killed + IN_FLIGHT_S, restarted)) == {"gw-a"}  # gw-b is down: gw-a has it all
+    assert set(acked_by(acks, restarted + IN_FLIGHT_S)) == {"gw-a", "gw-b"}
 
     check_no_store_errors(gw_a, gw_b)
     a, b = final_counters(gw_a.log, "gw-a"), final_counters(gw_b.log, "gw-b")  # b: since its restart
     assert a["stored"] > 0
     assert b["stored"] > 0
-    assert a["stored"] + b["stored"] <= sum(highest_stored(tmp_path).values())
+    assert a["stored"] + b["stored"] <= sum(stored_counts(tmp_path).values())
     for counters in (a, b):  # each has every device's status and reported, whatever the other wrote
         assert counters["accepted:status"] >= len(names)
         assert counters["accepted:reported"] >= len(names)
@@ -155,22 +151,30 @@ def test_a_gateway_killed_for_good_leaves_the_whole_load_to_the_other_at_once(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
     gw_a, gw_b = shared_gateways(tmp_path, broker.url)
-    devices = streaming_devices(tmp_path, broker.url)
+    devices = streaming_devices(tmp_path, broker.url, resend_after_s=RESEND_AFTER_S)
     names = [dev.name for dev in devices]
     with AckWatcher(broker.url, tmp_path / "store.db") as watcher, running([gw_a, gw_b], devices):
-        wait_for(stored_at_least(tmp_path, names, 150), "150 messages stored per device", 30)
-        wait_for(lambda: len(acked_by(watcher.seen())) == 2, "acks from both gateways", 10)
+        wait_stored(tmp_path, dict.fromkeys(names, 150))
+        wait_acks(watcher, {"gw-a": 1, "gw-b": 1})
         gw_b.kill()
         killed, killed_wall = time.monotonic(), time.time()
-        time.sleep(5.0)
+        since = killed_wall + IN_FLIGHT_S
+        wait_until(
+            lambda: sum(sent_within(tmp_path, names, since, time.time() - 1.0).values()) > 300,
+            "300 messages sent after the kill stored",
+            timeout=STREAM_DEADLINE_S,
+            seen=lambda: sent_within(tmp_path, names, since, time.time() - 1.0),
+            stalled_after=STALL_S,
+        )
         devices_stop_wall = time.time()
     acks = check_acks_follow_commits(watcher)
 
-    assert all(check_exactly_once(tmp_path, name) > 500 for name in names)
-    assert set(acked_by(acks, killed + 0.5)) == {"gw-a"}
-    # Sent from 2 s after the kill (past the one resend of what gw-b held when it died) until 1 s
-    # before the devices stopped: each is acknowledged by gw-a before a resend would be due. A
-    # broker still handing gw-b its share would leave half of them to the devices' resend.
+    assert all(check_exactly_once(tmp_path, name) > 150 for name in names)
+    assert set(acked_by(acks, killed + IN_FLIGHT_S)) == {"gw-a"}
+    # Sent from IN_FLIGHT_S after the kill until 1 s before the devices stopped: each is acknowledged
+    # by gw-a before a resend would be due. A broker still handing gw-b its share would leave half of
+    # them to the devices' resend. (The resend is late enough that a loaded machine's slower path
+    # from sample to ack does not pass for one.)
     first_ack: dict[tuple[str, int], float] = {}
     for ack in acks:
         for seq in ack.seqs:
@@ -179,11 +183,11 @@ def test_a_gateway_killed_for_good_leaves_the_whole_load_to_the_other_at_once(
         first_ack[(name, seq)] - ts
         for name in names
         for seq, ts in stored(tmp_path, name)
-        if killed_wall + 2.0 <= ts <= devices_stop_wall - 1.0
+        if since <= ts <= devices_stop_wall - 1.0
     ]
     assert len(waits) > 300
     late = [w for w in waits if w >= RESEND_AFTER_S]
-    assert len(late) <= len(waits) // 20, f"{len(late)} of {len(waits)} waited for a resend"
+    assert len(late) <= len(waits) // 10, f"{len(late)} of {len(waits)} waited for a resend"
 
     check_no_store_errors(gw_a, gw_b)
     assert final_counters(gw_a.log, "gw-a")["stored"] > 0
@@ -207,19 +211,28 @@ def test_a_message_sent_twice_is_stored_once_and_both_gateways_acknowledge_it(
         for _ in range(copies):
             sender.publish(topics.telemetry(FLEET, "dev-9", "vibration"), payload, qos=1)
 
-    doubled = range(101, 161)
+    warm_up = 0
     try:
         with AckWatcher(broker.url, tmp_path / "store.db") as watcher, running([gw_a, gw_b], []):
-            # Until both gateways are in the group. Two at a time: the broker deals every message
-            # under the fleet in turn, the gateways' acks too, so with one message and its ack at a
-            # time every message would go to the same gateway.
-            warm_up = 0
-            while warm_up < 100 and len(acked_by(watcher.seen())) < 2:
+            wait_subscribed(gw_a)
+            wait_subscribed(gw_b)
+
+            def warmed_up() -> bool:
+                """Until both gateways are in the group. Two at a time: the broker deals every message
+                under the fleet in turn, the gateways' acks too, so with one message and its ack at a
+                time every message would go to the same gateway."""
+                nonlocal warm_up
+                if len(acked_by(watcher.seen())) == 2:
+                    return True
                 send(warm_up + 1)
                 send(warm_up + 2)
                 warm_up += 2
-                time.sleep(0.2)
-            assert len(acked_by(watcher.seen())) == 2, "the two gateways did not both acknowledge"
+                return False
+
+            wait_until(
+                warmed_up, "acks from both gateways", seen=lambda: acked_by(watcher.seen()), interval=0.2
+            )
+            doubled = range(warm_up + 1, warm_up + 61)
             status = StatusBody(online=True, boot=1).to_envelope("dev-9")
             sender.publish(topics.status(FLEET, "dev-9"), encode(status), qos=1, retain=True)
             for seq in doubled:
@@ -230,7 +243,7 @@ def test_a_message_sent_twice_is_stored_once_and_both_gateways_acknowledge_it(
                 (summary,) = read_summary(tmp_path / "store.db")
                 return summary.duplicates == len(doubled) and set(doubled) <= acked
 
-            wait_for(settled, "every copy stored or dropped, and every seq acknowledged", 10)
+            wait_until(settled, "every copy stored or dropped, and every seq acknowledged")
     finally:
         sender.loop_stop()
         sender.disconnect()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from edgekernel.config import BrokerConfig
 from edgekernel.config.models import ReconnectConfig
 from edgekernel.link import Message, MqttSession
+from tests.waiting import DEADLINE_S, wait_until_async
+from tests.waiting import wait_until as sync_wait_until
 
 T = TypeVar("T")
 
@@ -36,7 +37,7 @@ class Collector:
 
     async def __aenter__(self) -> Collector:
         self.session.start()
-        await self.session.wait_connected(10)
+        await self.session.wait_subscribed(DEADLINE_S)  # else what is published next may pass it by
         self._task = asyncio.create_task(self._collect())
         return self
 
@@ -53,26 +54,27 @@ class Collector:
         return [m for m in self.messages if m.topic == topic]
 
     async def wait_for(
-        self, predicate: Callable[[list[Message]], bool], timeout: float = 10.0, what: str = "messages"
+        self, predicate: Callable[[list[Message]], bool], timeout: float = DEADLINE_S, what: str = "messages"
     ) -> None:
-        await wait_until(lambda: predicate(self.messages), timeout, what)
+        await wait_until_async(
+            lambda: predicate(self.messages),
+            what,
+            timeout=timeout,
+            seen=lambda: (
+                f"{len(self.messages)} messages, the last on {[m.topic for m in self.messages[-5:]]}"
+            ),
+        )
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
+async def wait_until(
+    condition: Callable[[], object], timeout: float = DEADLINE_S, what: str = "condition"
+) -> None:
+    """`tests.waiting.wait_until_async`, in the argument order these tests use."""
+    await wait_until_async(condition, what, timeout=timeout)
 
 
-def poll(condition: Callable[[], T | None], timeout: float = 10.0, what: str = "condition") -> T:
-    """Synchronous polling for tests that drive subprocesses."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+def poll(condition: Callable[[], T | None], timeout: float = DEADLINE_S, what: str = "condition") -> T:
+    """`tests.waiting.wait_until` for tests that drive subprocesses: the condition's true value."""
+    value = sync_wait_until(condition, what, timeout=timeout)
+    assert value is not None
+    return value

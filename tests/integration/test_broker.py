@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edgekernel.link import BrokerError, Mosquitto
-from edgekernel.link.broker import port_open
+from edgekernel.link import broker as broker_module
+from edgekernel.link.broker import free_port, port_open
 
 pytestmark = pytest.mark.integration
 
@@ -19,9 +22,10 @@ def pub(broker: Mosquitto, topic: str, payload: str, *extra: str) -> None:
     )
 
 
-def sub_one(broker: Mosquitto, topic: str) -> str:
+def sub_one(broker: Mosquitto, topic: str, wait_s: int = 30) -> str:
+    """The retained message on `topic`, or "" if none comes within `wait_s`."""
     done = subprocess.run(
-        ["mosquitto_sub", "-p", str(broker.port), "-t", topic, "-C", "1", "-W", "2"],
+        ["mosquitto_sub", "-p", str(broker.port), "-t", topic, "-C", "1", "-W", str(wait_s)],
         capture_output=True,
         text=True,
         check=False,
@@ -59,7 +63,7 @@ def test_persistent_broker_keeps_retained_messages_across_a_clean_restart(
 def test_broker_without_persistence_forgets_on_restart(broker: Mosquitto) -> None:
     pub(broker, "t/lost", "gone", "-r")
     broker.restart()
-    assert sub_one(broker, "t/lost") == ""
+    assert sub_one(broker, "t/lost", wait_s=2) == ""
 
 
 def test_busy_port_gives_a_clear_error(broker: Mosquitto, tmp_path: Path) -> None:
@@ -67,3 +71,38 @@ def test_busy_port_gives_a_clear_error(broker: Mosquitto, tmp_path: Path) -> Non
     with pytest.raises(BrokerError, match="already in use"):
         other.start(timeout=3)
     assert not other.running
+
+
+@pytest.fixture
+def taken_port() -> Iterator[socket.socket]:
+    """A port bound by someone else (not listening: the broker finds out only when it binds)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock
+
+
+@pytest.mark.parametrize("listening", [False, True])
+def test_a_port_taken_between_choosing_and_binding_it_is_exchanged_for_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, taken_port: socket.socket, listening: bool
+) -> None:
+    if listening:
+        taken_port.listen()
+    taken = taken_port.getsockname()[1]
+    ports = iter([taken])
+    monkeypatch.setattr(broker_module, "free_port", lambda host: next(ports, None) or free_port(host))
+    with Mosquitto(tmp_path / "broker") as instance:
+        assert instance.port != taken
+        assert port_open(instance.host, instance.port)
+        assert f"listener {instance.port} " in instance.config_path.read_text()
+
+
+def test_a_restarted_broker_keeps_its_port_even_when_it_is_taken(broker: Mosquitto) -> None:
+    broker.kill()
+    port = broker.port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind((broker.host, port))
+        squatter.listen()
+        with pytest.raises(BrokerError, match="already in use"):
+            broker.start()
+    assert broker.port == port
+    assert not broker.running

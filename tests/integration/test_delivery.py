@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,8 @@ from edgekernel.config.models import BatchConfig, ReconnectConfig, SensorConfig,
 from edgekernel.device.kernel import Kernel
 from edgekernel.gateway import Gateway, read_summary
 from edgekernel.link import Mosquitto, Outbox
+from tests.stores import rows
+from tests.waiting import DEADLINE_S
 
 from .helpers import wait_until
 
@@ -54,10 +55,7 @@ def gateway(broker: Mosquitto, tmp_path: Path) -> Gateway:
 
 
 def stored(tmp_path: Path) -> set[int]:
-    if not (tmp_path / "store.db").exists():
-        return set()
-    with sqlite3.connect(tmp_path / "store.db") as db:
-        return {seq for (seq,) in db.execute("SELECT seq FROM messages")}
+    return {seq for (seq,) in rows(tmp_path / "store.db", "SELECT seq FROM messages")}
 
 
 async def run_both(kernel: Kernel, gw: Gateway, during: object) -> int:
@@ -66,12 +64,11 @@ async def run_both(kernel: Kernel, gw: Gateway, during: object) -> int:
     stop_device, stop_gateway = asyncio.Event(), asyncio.Event()
     gw_task = asyncio.create_task(gw.run(stop_gateway))
     dev_task = asyncio.create_task(kernel.run(stop_device))
-    await kernel.session.wait_connected(10)
+    await kernel.session.wait_connected(DEADLINE_S)
     await during  # type: ignore[misc]
     target = kernel.outbox.stats().highest_seq  # the stream goes on: wait for everything up to here
     await wait_until(
         lambda: set(range(1, target + 1)) <= stored(gw.config.store.path.parent),
-        timeout=20,
         what="everything up to here stored",
     )
     stop_device.set()
@@ -101,7 +98,8 @@ def check_nothing_lost(tmp_path: Path, target: int) -> None:
 
 def test_every_message_is_stored_once_and_acknowledged(broker: Mosquitto, tmp_path: Path) -> None:
     kernel, gw = device(broker, tmp_path), gateway(broker, tmp_path)
-    target = asyncio.run(run_both(kernel, gw, asyncio.sleep(1.5)))
+    committed = wait_until(lambda: kernel.outbox.stats().highest_seq >= 30, what="30 messages committed")
+    target = asyncio.run(run_both(kernel, gw, committed))
     assert target >= 30
     check_nothing_lost(tmp_path, target)
     assert kernel.counters["telemetry_sent"] >= target

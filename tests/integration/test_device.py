@@ -171,7 +171,6 @@ def test_device_rides_out_a_broker_outage_longer_than_its_report_interval(
                     any(m.topic.endswith("/reported") for m in ms)
                     and any("/telemetry/" in m.topic for m in ms)
                 ),
-                timeout=15,
                 what="reported and telemetry after the outage",
             )
         assert kernel.session.stats.connects == 2

@@ -92,7 +92,7 @@ def test_persistent_session_keeps_subscriptions_and_messages_while_offline(broke
         sub_cfg = config(broker)
         first = MqttSession(sub_cfg, client_id="durable", subscriptions=[("d/#", 1)])
         async with first:
-            await first.wait_connected(10)
+            await first.wait_subscribed(60)  # a session left before its SUBACK may keep no subscription
         async with MqttSession(config(broker), client_id="pub") as pub:
             await pub.wait_connected(10)
             for i in range(20):

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgekernel.config.kernel import SchedulerConfig
 from edgekernel.device.scheduler import FloatArray
+from tests import waiting
 
 GATE = "gate"
 
@@ -114,9 +115,6 @@ class TestExecutor:
             return [tags for name, tags in self.calls if name == model]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.002)
+def wait_until(predicate: Callable[[], bool], what: str = "the scheduler") -> None:
+    """`tests.waiting.wait_until`, polling often: these waits are short on an idle machine."""
+    waiting.wait_until(predicate, what, interval=0.002)

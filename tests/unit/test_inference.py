@@ -16,6 +16,7 @@ from edgekernel.device.datasets import split
 from edgekernel.device.inference import Inference, ManagerExecutor, thread_budget
 from edgekernel.device.models import file_sha256, runtime_for
 from edgekernel.device.models.runtime import ModelError, ModelFileError
+from tests.waiting import wait_until_async
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 MANIFEST = {m["file"]: m for m in json.loads((MODELS / "manifest.json").read_text())["models"]}
@@ -207,9 +208,10 @@ def test_hot_swap_through_the_scheduler_under_load_fails_no_request() -> None:
     async def scenario() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(load(stop))
-        await asyncio.sleep(0.2)
+        await wait_until_async(lambda: done >= 40, "40 requests before the swap")
         await asyncio.to_thread(inference.swap, v2)
-        await asyncio.sleep(0.2)
+        before = done
+        await wait_until_async(lambda: done >= before + 40, "40 requests after the swap")
         stop.set()
         await task
 

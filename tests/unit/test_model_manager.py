@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from edgekernel.config.kernel import ModelSpec, TensorSpec
 from edgekernel.device.models.manager import BudgetError, ModelManager, UnknownModelError, file_sha256
 from edgekernel.device.models.registry import runtime_for
 from edgekernel.device.models.runtime import ModelError, ModelFileError
+from tests.waiting import wait_until
 
 
 def scale_model(path: Path, factor: float) -> Path:
@@ -151,9 +151,9 @@ def test_hot_swap_under_load_fails_no_request(tmp_path: Path) -> None:
     threads = [threading.Thread(target=caller) for _ in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(0.2)
+    wait_until(lambda: 1.0 in results, "calls to version 1")
     info = mgr.swap(v2)
-    time.sleep(0.2)
+    wait_until(lambda: 2.0 in results, "calls to version 2")
     stop.set()
     for thread in threads:
         thread.join()

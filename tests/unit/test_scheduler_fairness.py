@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from concurrent.futures import wait
 
@@ -10,7 +9,7 @@ import pytest
 
 from edgekernel.device.scheduler import Scheduler
 
-from .scheduler_helpers import ManualClock, TestExecutor, config, tagged
+from .scheduler_helpers import ManualClock, TestExecutor, config, tagged, wait_until
 
 WEIGHTS = {"a": {"weight": 3.0, "max_concurrent": 10_000}, "b": {"weight": 1.0, "max_concurrent": 10_000}}
 
@@ -85,7 +84,11 @@ def test_shares_follow_weights_with_real_threads() -> None:
         scheduler.submit("a", "m", tagged(10_000 + i))
         scheduler.submit("b", "m", tagged(20_000 + i))
     with scheduler:
-        time.sleep(0.4)
+        # enough served to compare the shares, and neither backlog finished (a machine's speed varies)
+        wait_until(
+            lambda: sum(agent.completed for agent in scheduler.stats().agents.values()) >= 200,
+            "200 requests served",
+        )
         stats = scheduler.stats()
         scheduler.stop(drain=False)
     assert stats.agents["b"].completed > 0
