@@ -6,7 +6,8 @@
     ├── LinkError            link: the broker or another transport failed us
     │   ├── BrokerError      a private Mosquitto could not be found, started or stopped
     │   ├── NotConnectedError  not connected (yet, or any more) when the operation needs it
-    │   ├── OutboxError      the device's durable outbox cannot be opened or written (OutboxFullError)
+    │   ├── OutboxError      the device's durable outbox cannot be opened or written (OutboxFullError,
+    │   │                    OutboxStorageError: a full or failing disk)
     │   └── CoapError        a CoAP request failed (.code: "4.04", None when no answer)
     ├── StateError           device: the device's state file cannot be opened or written
     ├── ModelError           device.models: a model cannot be verified, loaded or run (.model)

@@ -47,6 +47,13 @@ class OutboxConfig(Model):
     )
     resend_after_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = Field(
         5.0,
-        description="send the unacknowledged messages again when no acknowledgement has come for this "
-        "long (a broker that lost its sessions drops what it gets before the gateway is back)",
+        description="send the messages in flight again when no acknowledgement has come for this long "
+        "since the last one (or since the first of them was sent), or when later messages were "
+        "acknowledged and an earlier one, sent this long ago, was not (a broker that lost its sessions "
+        "drops what it gets before the gateway is back)",
+    )
+    max_in_flight: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        512,
+        description="most messages sent and not yet acknowledged: a backlog drains at the pace of the "
+        "acknowledgements, and a resend repeats at most this many",
     )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import Counter
 from collections.abc import Coroutine, Sequence
 from dataclasses import asdict
@@ -39,7 +38,15 @@ from edgekernel.device.scheduler.errors import (
 )
 from edgekernel.device.state import DeviceState
 from edgekernel.device.telemetry import SensorStream
-from edgekernel.link import Message, MqttSession, Outbox, OutboxError, OutboxFullError, Outgoing
+from edgekernel.link import (
+    Message,
+    MqttSession,
+    Outbox,
+    OutboxError,
+    OutboxFullError,
+    OutboxStorageError,
+    Outgoing,
+)
 from edgekernel.link.coap import (
     CoapBadRequest,
     CoapError,
@@ -283,6 +290,7 @@ class Kernel:
             oldest_age_s=round(max(0.0, stats.oldest_age_s), 3),
             dropped=stats.dropped_oldest + stats.dropped_newest,
             dead=stats.dead,
+            disk_full=stats.disk_full,
         )
 
     def _inference_summary(self) -> InferenceSummary:
@@ -308,42 +316,40 @@ class Kernel:
             made.append(envelope)
             return encode(envelope, self.config.encoding)
 
-        if sensor.best_effort:
-            seq = await self.outbox.reserve()
-            self._watch(
-                self.session.publish_nowait(topic, payload(seq), qos=0, content_type=self._content_type)
-            )
-        else:
-            try:
+        try:
+            if sensor.best_effort:
+                seq = await self.outbox.reserve()
+                self._watch(
+                    self.session.publish_nowait(topic, payload(seq), qos=0, content_type=self._content_type)
+                )
+            else:
                 await self.outbox.put(topic, payload, stream=sensor.stream)
-            except OutboxFullError as err:  # drop-newest, or block past its timeout: counted, not fatal
-                self.counters["outbox_refused"] += 1
-                log.warning("%s", err)
-                return
+        except OutboxFullError as err:  # drop-newest, or block past its timeout: counted, not fatal
+            self.counters["outbox_refused"] += 1
+            log.warning("%s", err)
+            return
+        except OutboxStorageError as err:  # a full or failing disk: refused and counted until it recovers
+            key = f"outbox_refused:{err.reason}"
+            self.counters[key] += 1
+            if self.counters[key] % 1000 == 1:
+                log.error("%s (%d refused so far)", err, self.counters[key])
+            return
         self.counters["telemetry_sent"] += 1
         self.counters["samples_sent"] += len(body.samples)
         if self.coap is not None and made:
             self.coap.publish(sensor.stream, made[-1])
 
     async def _resend_loop(self) -> None:
-        """While the oldest unacknowledged message is older than resend_after_s, send everything
-        unacknowledged again, at most once per resend_after_s (the gateway drops duplicates)."""
+        """When acknowledgements stall (none for resend_after_s with messages in flight, or an older
+        message passed over for that long), send what is in flight again from the oldest (the gateway
+        drops duplicates). A slow drain whose acknowledgements keep coming is not resent."""
         wait = self.config.outbox.resend_after_s
-        last = time.monotonic()
         while True:
-            await asyncio.sleep(min(1.0, wait / 2))
+            await asyncio.sleep(min(1.0, wait / 4))
             stats = self.outbox.stats()
-            now = time.monotonic()
-            if (
-                self.session.connected
-                and stats.in_flight > 0
-                and stats.oldest_age_s is not None
-                and stats.oldest_age_s >= wait
-                and now - last >= wait
-            ):
+            if self.session.connected and stats.in_flight > 0 and stats.ack_wait_s >= wait:
                 self.counters["outbox_resends"] += 1
                 self.outbox.rewind()
-                last = now
 
     async def _send_loop(self) -> None:
         """Publish what the outbox holds, in seq order, while connected; after every reconnect start

@@ -8,11 +8,15 @@ each connect) and read from the asyncio loop, so every call holds a lock.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 import threading
 from pathlib import Path
 
 from edgekernel.errors import EdgeKernelError
+
+log = logging.getLogger(__name__)
 
 
 class StateError(EdgeKernelError):
@@ -37,24 +41,11 @@ class DeviceState:
             raise StateError(f"cannot open device state {self.path}: {err}") from err
         self._lock = threading.Lock()
         self.boot = self._get("boot")
+        self.write_failures = 0  # writes the disk refused (full, or failing); the device went on
 
     def _get(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
-
-    def _advance(self, name: str, by: int) -> int:
-        """Add `by` to a counter and return the first of the values taken."""
-        with self._lock:
-            try:
-                row = self._db.execute(
-                    "INSERT INTO counters (name, value) VALUES (?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value "
-                    "RETURNING value",
-                    (name, by),
-                ).fetchone()
-            except sqlite3.Error as err:
-                raise StateError(f"cannot write device state {self.path}: {err}") from err
-            return int(row[0]) - by + 1
 
     @property
     def last_seq(self) -> int:
@@ -63,16 +54,39 @@ class DeviceState:
             return self._get("seq")
 
     def next_boot(self) -> int:
-        """A new boot id, one per connection attempt."""
-        self.boot = self._advance("boot", 1)
-        return self.boot
+        """A new boot id, one per connection attempt. If the disk refuses the write (full), the id is
+        still new for this run, and the next write that succeeds keeps the counter at or above it;
+        a restart before that may reuse ids given while the disk was full."""
+        with self._lock:
+            wanted = self.boot + 1
+            try:
+                row = self._db.execute(
+                    "INSERT INTO counters (name, value) VALUES ('boot', ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = max(value + 1, excluded.value) "
+                    "RETURNING value",
+                    (wanted,),
+                ).fetchone()
+                self.boot = int(row[0])
+            except sqlite3.Error as err:
+                self.write_failures += 1
+                log.error("cannot save boot id %d in %s: %s", wanted, self.path, err)
+                self.boot = wanted
+            return self.boot
 
     def accepted_commands(self, now: float) -> list[tuple[str, float]]:
         """(id, expires_at) of every command accepted and not yet expired."""
         with self._lock:
             try:
                 self._db.execute("DELETE FROM commands WHERE expires_at <= ?", (now,))
-                return list(self._db.execute("SELECT id, expires_at FROM commands ORDER BY expires_at"))
+            except sqlite3.Error as err:  # a full disk: the expired ones stay a while longer
+                self.write_failures += 1
+                log.error("cannot delete expired commands in %s: %s", self.path, err)
+            try:
+                return list(
+                    self._db.execute(
+                        "SELECT id, expires_at FROM commands WHERE expires_at > ? ORDER BY expires_at", (now,)
+                    )
+                )
             except sqlite3.Error as err:
                 raise StateError(f"cannot read device state {self.path}: {err}") from err
 
@@ -86,7 +100,8 @@ class DeviceState:
                 self._db.execute("COMMIT")
             except sqlite3.Error as err:
                 if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise StateError(f"cannot write device state {self.path}: {err}") from err
 
     def close(self) -> None:

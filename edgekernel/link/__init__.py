@@ -8,6 +8,7 @@ from edgekernel.link.errors import (
     NotConnectedError,
     OutboxError,
     OutboxFullError,
+    OutboxStorageError,
 )
 from edgekernel.link.mqtt import Message, MessageFactory, MqttSession, Outgoing, SessionStats
 from edgekernel.link.outbox import Outbox, OutboxMessage, OutboxStats
@@ -28,6 +29,7 @@ __all__ = [
     "OutboxFullError",
     "OutboxMessage",
     "OutboxStats",
+    "OutboxStorageError",
     "Outgoing",
     "SeqRanges",
     "SessionStats",

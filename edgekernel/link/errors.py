@@ -39,6 +39,18 @@ class OutboxFullError(OutboxError):
         super().__init__(message, path=path)
 
 
+class OutboxStorageError(OutboxError):
+    """The outbox's disk refused a write: it is full (`reason` "disk_full") or failed ("io_error").
+
+    The transaction was undone and what was committed before is kept; writes succeed again once the
+    disk does.
+    """
+
+    def __init__(self, message: str, *, path: object, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message, path=path)
+
+
 class CoapError(LinkError):
     """A CoAP exchange failed, or a server refuses a request.
 

@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import Any, cast
 
 from edgekernel.config.outbox import OutboxConfig
-from edgekernel.link.errors import OutboxError, OutboxFullError
+from edgekernel.link.errors import OutboxError, OutboxFullError, OutboxStorageError
 from edgekernel.link.outbox_store import (
     CLOSE,
     AckJob,
@@ -64,6 +64,8 @@ class _Counters:
     sent: int = 0
     acked: int = 0
     buried: int = 0
+    disk_full: int = 0
+    io_errors: int = 0
     dropped_oldest: int = 0
     dropped_oldest_bytes: int = 0
     dropped_oldest_sent: int = 0
@@ -77,9 +79,12 @@ class OutboxStats:
     """The backlog (from the file) and exact counters since the outbox was opened.
 
     put = committed + failed + refused + dropped_newest + the puts still waiting or being committed
-    (refused: larger than the outbox, block timed out, or the payload could not be built);
-    `sent` counts messages handed to the sender (again after a rewind); `dropped_oldest_sent` counts
-    dropped messages that had been handed to it, so may still arrive; `transactions` counts commits.
+    (refused: larger than the outbox, block timed out, or the payload could not be built; failed: the
+    commit failed, `disk_full` and `io_errors` of them because the disk was full or failed);
+    `sent` counts messages handed to the sender (again after a rewind); `in_flight` those sent and not
+    yet acknowledged; `ack_wait_s` how long the sender has waited for an acknowledgement that is due
+    (see `Outbox.stats`); `dropped_oldest_sent` counts dropped messages that had been handed to it, so
+    may still arrive; `transactions` counts commits.
     `dead` is how many dead letters the file keeps (refused for good by the gateway; see `bury`),
     `buried` how many were moved there since the outbox was opened.
     """
@@ -87,6 +92,7 @@ class OutboxStats:
     pending: int
     pending_bytes: int
     in_flight: int
+    ack_wait_s: float
     oldest_age_s: float
     highest_seq: int
     max_bytes: int
@@ -98,6 +104,8 @@ class OutboxStats:
     sent: int
     acked: int
     buried: int
+    disk_full: int
+    io_errors: int
     dropped_oldest: int
     dropped_oldest_bytes: int
     dropped_oldest_sent: int
@@ -137,6 +145,9 @@ class Outbox:
         self._cache_complete = True
         self._generation = 0
         self._sent_upto = self._ever_sent = self._in_flight = 0
+        self._first = self._acked_max = 0
+        self._progress_at = 0.0  # monotonic: the last ack that freed a message in flight, or a flight's start
+        self._flights: deque[tuple[int, float]] = deque()  # (last seq, monotonic) of each chunk sent
         self._dropped = SeqRanges()
         self._c = _Counters()
 
@@ -247,6 +258,10 @@ class Outbox:
                 self._cache_bytes -= message.size
                 out.append(message)
         if out:
+            now = time.monotonic()
+            if self._in_flight == 0:
+                self._progress_at = now
+            self._flights.append((out[-1].seq, now))
             self._sent_upto = out[-1].seq
             self._ever_sent = max(self._ever_sent, self._sent_upto)
             self._in_flight += len(out)
@@ -254,13 +269,15 @@ class Outbox:
         return out
 
     async def messages(self, batch: int = 64) -> AsyncIterator[OutboxMessage]:
-        """Every message in seq order as it commits, for the one sender; ends when the outbox closes.
-        After `rewind`, the unacknowledged messages come again from the oldest."""
+        """Every message in seq order as it commits, for the one sender, no more than `max_in_flight`
+        ahead of the acknowledgements; ends when the outbox closes. After `rewind`, the unacknowledged
+        messages come again from the oldest."""
         while not self._closed:
             self._arrived.clear()
             generation = self._generation
+            room = min(batch, self.config.max_in_flight - self._in_flight)
             try:
-                chunk = await self.pending(batch)
+                chunk = await self.pending(room) if room > 0 else []
             except OutboxError:
                 if self._closed:
                     return
@@ -278,6 +295,8 @@ class Outbox:
         in_flight = self._in_flight
         self._generation += 1
         self._sent_upto = self._in_flight = 0
+        self._flights.clear()
+        self._progress_at = time.monotonic()
         self._cache.clear()
         self._cache_bytes = 0
         self._cache_complete = self._count == 0
@@ -285,11 +304,16 @@ class Outbox:
         return in_flight
 
     def stats(self) -> OutboxStats:
+        """`ack_wait_s`, with messages in flight: the time since the last acknowledgement that freed one
+        of them (or since the first of them was sent, if later), or, when later messages were
+        acknowledged and the oldest in flight was not, the time since that one was sent, if longer.
+        Nothing in flight: 0. It is what a resend waits for; the age of the messages is not."""
         age = 0.0 if self._oldest is None else max(0.0, self._clock() - self._oldest)
         return OutboxStats(
             pending=self._count,
             pending_bytes=self._bytes,
             in_flight=self._in_flight,
+            ack_wait_s=self._ack_wait(time.monotonic()),
             oldest_age_s=age,
             highest_seq=self._hwm,
             max_bytes=self.config.max_bytes,
@@ -297,6 +321,17 @@ class Outbox:
             dropped_oldest_ranges=self._dropped.ranges,
             **asdict(self._c),
         )
+
+    def _ack_wait(self, now: float) -> float:
+        if self._in_flight <= 0:
+            return 0.0
+        wait = now - self._progress_at
+        if 0 < self._first <= self._sent_upto and self._first < self._acked_max:  # passed over: lost?
+            while len(self._flights) > 1 and self._flights[0][0] < self._first:
+                self._flights.popleft()
+            if self._flights:
+                wait = max(wait, now - self._flights[0][1])
+        return max(0.0, wait)
 
     # admission (event loop)
 
@@ -389,14 +424,17 @@ class Outbox:
 
     def _apply_summary(self, outcome: Outcome) -> None:
         self._hwm, self._count, self._bytes = outcome.hwm, outcome.count, outcome.bytes
-        self._oldest, self._dead = outcome.oldest, outcome.dead
+        self._oldest, self._first, self._dead = outcome.oldest, outcome.first, outcome.dead
 
     def _apply(self, outcome: Outcome) -> None:
         if outcome.error is not None:
+            reason = outcome.error.reason if isinstance(outcome.error, OutboxStorageError) else ""
             for job in outcome.jobs:
                 if isinstance(job, PutJob):
                     self._reserved -= job.size
                     self._c.failed += 1
+                    self._c.disk_full += reason == "disk_full"
+                    self._c.io_errors += reason == "io_error"
                 settle(job.future, None, outcome.error)
             self._wake()
             return
@@ -432,7 +470,7 @@ class Outbox:
             return job.seq
         if isinstance(job, AckJob):
             deleted = cast(SeqRanges, result)
-            self._forget(deleted)
+            self._forget(deleted, answered=True)
             if job.reason is None:
                 self._c.acked += len(deleted)
             else:
@@ -445,9 +483,17 @@ class Outbox:
             self._cache_complete = len(fetched) < job.limit
         return None
 
-    def _forget(self, deleted: SeqRanges) -> None:
-        """Deleted rows leave the in-flight count and the cache."""
-        self._in_flight -= deleted.count_between(0, self._sent_upto)
+    def _forget(self, deleted: SeqRanges, *, answered: bool = False) -> None:
+        """Deleted rows leave the in-flight count and the cache; `answered`: the gateway acknowledged
+        (or refused for good) them."""
+        landed = deleted.count_between(0, self._sent_upto)
+        self._in_flight -= landed
+        if landed:
+            self._arrived.set()  # room in the window for the sender
+            if answered:
+                self._progress_at = time.monotonic()
+        if answered and deleted:
+            self._acked_max = max(self._acked_max, deleted.ranges[-1][1])
         if self._cache and deleted.count_between(self._cache[0].seq, self._cache[-1].seq):
             kept = deque(m for m in self._cache if m.seq not in deleted)
             self._cache_bytes = sum(m.size for m in kept)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import queue
 import sqlite3
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekernel.config.outbox import OutboxConfig
-from edgekernel.link.errors import OutboxError
+from edgekernel.link.errors import OutboxError, OutboxStorageError
 from edgekernel.link.ranges import SeqRanges
 
 APPLICATION_ID = 0x656B6F62  # "ekob": marks the file as an edgekernel outbox
@@ -124,6 +125,7 @@ class Outcome:
     bytes: int = 0
     hwm: int = 0
     oldest: float | None = None
+    first: int = 0
     dead: int = 0
 
 
@@ -138,6 +140,7 @@ class OutboxFile:
         self.dead = 0
         self.bytes = 0
         self.oldest: float | None = None
+        self.first = 0  # the lowest seq kept (0: none)
 
     def _error(self, doing: str, err: BaseException) -> OutboxError:
         code = getattr(err, "sqlite_errorname", "")
@@ -149,6 +152,16 @@ class OutboxFile:
             )
         if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
             return OutboxError(f"outbox {self.path} is in use by another outbox ({err})", path=self.path)
+        if code == "SQLITE_FULL" or (isinstance(err, OSError) and err.errno == errno.ENOSPC):
+            return OutboxStorageError(
+                f"outbox {self.path}: cannot {doing}: the disk is full ({err})",
+                path=self.path,
+                reason="disk_full",
+            )
+        if code.startswith("SQLITE_IOERR") or isinstance(err, OSError):
+            return OutboxStorageError(
+                f"outbox {self.path}: cannot {doing}: I/O error ({err})", path=self.path, reason="io_error"
+            )
         return OutboxError(f"outbox {self.path}: cannot {doing}: {err}", path=self.path)
 
     def open(self) -> Outcome:
@@ -176,8 +189,9 @@ class OutboxFile:
             db.execute("BEGIN IMMEDIATE")
             for statement in _TABLES:
                 db.execute(statement)
-            db.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            db.execute(f"PRAGMA user_version={FORMAT}")
+            if app_id != APPLICATION_ID or version != FORMAT:  # no write to open a file on a full disk
+                db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                db.execute(f"PRAGMA user_version={FORMAT}")
             row = db.execute("SELECT value FROM meta WHERE key = 'hwm'").fetchone()
             count, size, top = db.execute(
                 "SELECT count(*), coalesce(sum(size), 0), coalesce(max(seq), 0) FROM messages"
@@ -202,6 +216,18 @@ class OutboxFile:
             with contextlib.suppress(sqlite3.Error):
                 db.close()
 
+    def commit(self, jobs: list[Job]) -> list[Outcome]:
+        """Run a batch; if the disk refused it, run again without the new messages and seqs, so that
+        acknowledgements (which free room) and reads still go through."""
+        outcome = self.run(jobs)
+        if not isinstance(outcome.error, OutboxStorageError):
+            return [outcome]
+        adding: list[Job] = [job for job in jobs if isinstance(job, PutJob | ReserveJob)]
+        rest: list[Job] = [job for job in jobs if not isinstance(job, PutJob | ReserveJob)]
+        if not adding or not rest:
+            return [outcome]
+        return [Outcome(adding, error=outcome.error), self.run(rest)]
+
     def run(self, jobs: list[Job]) -> Outcome:
         """Run a batch in one transaction (reads alone take none); on failure nothing of it stays."""
         outcome = Outcome(jobs)
@@ -209,7 +235,7 @@ class OutboxFile:
         if db is None:
             outcome.error = OutboxError(f"outbox {self.path} is closed", path=self.path)
             return outcome
-        saved = (self.hwm, self.count, self.bytes, self.oldest, self.dead)
+        saved = (self.hwm, self.count, self.bytes, self.oldest, self.first, self.dead)
         outcome.transaction = any(not isinstance(job, FetchJob) for job in jobs)
         try:
             if outcome.transaction:
@@ -222,7 +248,7 @@ class OutboxFile:
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
-            self.hwm, self.count, self.bytes, self.oldest, self.dead = saved
+            self.hwm, self.count, self.bytes, self.oldest, self.first, self.dead = saved
             outcome.error = self._error("commit", err)
             outcome.error.__cause__ = err
         return outcome
@@ -235,7 +261,7 @@ class OutboxFile:
             if isinstance(job, PutJob):
                 rows.append((job.seq, job.topic, job.stream, job.created, job.size, job.payload))
                 if self.count == 0:
-                    self.oldest = job.created
+                    self.oldest, self.first = job.created, job.seq
                 self.count += 1
                 self.bytes += job.size
                 self.hwm = max(self.hwm, job.seq)
@@ -317,15 +343,16 @@ class OutboxFile:
             db.execute("DELETE FROM messages WHERE seq <= ?", (upto,))
 
     def _find_oldest(self, db: sqlite3.Connection) -> None:
-        row = db.execute("SELECT created FROM messages ORDER BY seq LIMIT 1").fetchone()
-        self.oldest = None if row is None else float(row[0])
+        row = db.execute("SELECT created, seq FROM messages ORDER BY seq LIMIT 1").fetchone()
+        self.oldest, self.first = (None, 0) if row is None else (float(row[0]), int(row[1]))
 
     def _summary(self, outcome: Outcome) -> Outcome:
-        outcome.count, outcome.bytes, outcome.hwm, outcome.oldest, outcome.dead = (
+        outcome.count, outcome.bytes, outcome.hwm, outcome.oldest, outcome.first, outcome.dead = (
             self.count,
             self.bytes,
             self.hwm,
             self.oldest,
+            self.first,
             self.dead,
         )
         return outcome
@@ -362,7 +389,8 @@ def serve(
             closing = batch[-1] is CLOSE
             work = [job for job in batch if not isinstance(job, Close)]
             if work:
-                loop.call_soon_threadsafe(apply, file.run(work))
+                for outcome in file.commit(work):
+                    loop.call_soon_threadsafe(apply, outcome)
     except RuntimeError:  # the event loop closed under us
         pass
     finally:

@@ -106,8 +106,9 @@ class InferenceSummary(BaseModel):
 
 
 class BacklogSummary(BaseModel):
-    """The device's outbox: what waits for the gateway's acknowledgement, what was dropped, and the
-    dead letters it keeps (messages the gateway refused for good)."""
+    """The device's outbox: what waits for the gateway's acknowledgement, what was dropped, the
+    dead letters it keeps (messages the gateway refused for good), and the messages refused because
+    its disk was full."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
     pending: Annotated[int, Field(ge=0)] = 0
@@ -115,6 +116,7 @@ class BacklogSummary(BaseModel):
     oldest_age_s: Annotated[float, Field(ge=0)] = 0.0
     dropped: Annotated[int, Field(ge=0)] = 0
     dead: Annotated[int, Field(ge=0)] = 0
+    disk_full: Annotated[int, Field(ge=0)] = 0
 
 
 class ReportedBody(_Body):

@@ -73,15 +73,18 @@ def device(
     batch: int = 10,
     fleet_keys: list[Path] | None = None,
     resend_after_s: float = 1.0,
+    data_dir: Path | None = None,
+    reported_interval_s: float = 5,
 ) -> Program:
     """A device process; with `batch` 1 each sample is its own message (rate_hz messages a second).
-    With `fleet_keys` (public key files) it verifies and runs signed commands."""
+    With `fleet_keys` (public key files) it verifies and runs signed commands. Its data is in
+    `data_dir`, by default `tmp`/`name`."""
     config = tmp / f"{name}.yaml"
     settings: dict[str, object] = {
         "fleet": FLEET,
         "device": name,
-        "data_dir": str(tmp / name),
-        "reported_interval_s": 5,
+        "data_dir": str(data_dir or tmp / name),
+        "reported_interval_s": reported_interval_s,
         "broker": {"url": broker_url, "reconnect": {"min_delay_s": 0.1, "max_delay_s": 1.0}},
         "outbox": {"resend_after_s": resend_after_s},
         "sensors": [
