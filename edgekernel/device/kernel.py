@@ -132,7 +132,7 @@ class Kernel:
             )
         self.streams: list[SensorStream] = []
         self.inference = Inference(config.kernel, cache_dir=config.data_dir / "model-cache")
-        self.outbox = Outbox(config.data_dir / "outbox.db", config.outbox, after_seq=self.state.last_seq)
+        self.outbox = Outbox(config.data_dir / "outbox.db", config.outbox)
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- status, birth and will -------------------------------------------------------------
@@ -168,6 +168,7 @@ class Kernel:
 
     async def _run(self, stop: asyncio.Event) -> None:
         await self.outbox.start()
+        self._check_epoch()
         await asyncio.to_thread(self.inference.start)
         async with contextlib.AsyncExitStack() as stack:
             if self.coap is not None:
@@ -178,6 +179,34 @@ class Kernel:
         await asyncio.to_thread(self.inference.stop)
         self.state.close()
         log.info("%s stopped: %s", self.device, dict(self.counters))
+
+    def _check_epoch(self) -> None:
+        """Say when the outbox's seq space is not the one the device last used: a new one (the file was
+        reset or moved aside; what it held is gone) or an older file put back."""
+        epoch, recorded = self.outbox.epoch, self.state.epoch
+        if epoch == recorded:
+            return
+        if recorded and self.outbox.new_epoch:
+            self.counters["outbox_reset"] += 1
+            log.warning(
+                "%s: the outbox %s started empty; its seqs start again at 1 in a new seq space (epoch %d, "
+                "was %d), and what the old one held unacknowledged is lost",
+                self.device,
+                self.outbox.path,
+                epoch,
+                recorded,
+            )
+        elif recorded:
+            self.counters["outbox_replaced"] += 1
+            log.warning(
+                "%s: the outbox %s is in seq space %d, not %d as last used: it is another or an older "
+                "file; seqs it already handed out may have been used since",
+                self.device,
+                self.outbox.path,
+                epoch,
+                recorded,
+            )
+        self.state.record_epoch(epoch)
 
     async def _run_tasks(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -298,20 +327,22 @@ class Kernel:
         )
 
     async def _emit(self, sensor: SensorConfig, body: TelemetryBody) -> None:
-        """A durable stream's batch is committed to the outbox (the sender publishes it); a best-effort
-        one takes a seq from the same space and goes out at QoS 0, or not at all while offline."""
+        """A durable stream's batch is committed to the outbox (the sender publishes it), with a seq of
+        the outbox's seq space; a best-effort one goes out at QoS 0 without a seq (nothing is missing
+        when it is lost), or not at all while offline."""
         topic = topics.telemetry(self.fleet, self.device, sensor.stream)
         made: list[Envelope] = []
 
-        def payload(seq: int) -> bytes:
-            envelope = body.to_envelope(self.device, seq=seq)
+        def payload(seq: int | None) -> bytes:
+            envelope = body.to_envelope(
+                self.device, seq=seq, epoch=self.outbox.epoch if seq is not None else 0
+            )
             made.append(envelope)
             return encode(envelope, self.config.encoding)
 
         if sensor.best_effort:
-            seq = await self.outbox.reserve()
             self._watch(
-                self.session.publish_nowait(topic, payload(seq), qos=0, content_type=self._content_type)
+                self.session.publish_nowait(topic, payload(None), qos=0, content_type=self._content_type)
             )
         else:
             try:
@@ -427,6 +458,9 @@ class Kernel:
         self._free(ack)
 
     def _free(self, ack: AckBody) -> None:
+        if ack.seq_space != self.outbox.epoch:  # meant for a seq space this outbox no longer holds
+            self.counters["ack_other_epoch"] += 1
+            return
         self._spawn(self.outbox.ack([(first, last) for first, last in ack.ranges]))
 
     def _refused_by_gateway(self, payload: bytes, err: CoapError) -> None:
