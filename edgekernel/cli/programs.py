@@ -127,7 +127,8 @@ def gateway_stats(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Per device: messages stored, highest seq, duplicates dropped, gaps, last seen."""
+    """Per device: messages stored, seq space (epoch) and its highest seq, duplicates dropped, durable
+    messages missing in all its seq spaces (gaps), last seen."""
     from edgekernel.gateway import StoreError, read_summary  # noqa: PLC0415 (keeps `--help` fast)
 
     if (config is None) == (store is None):
@@ -144,14 +145,26 @@ def gateway_stats(
         console.print_json(json.dumps({"store": str(path), "devices": data}))
         return
     table = Table(title=f"gateway store {path}", title_justify="left")
-    for column in ("device", "messages", "samples", "highest seq", "duplicates", "gaps", "last seen"):
+    columns = ("device", "messages", "best-effort", "samples", "epoch", "highest seq", "duplicates", "gaps")
+    for column in (*columns, "last seen"):
         table.add_column(column, justify="left" if column == "device" else "right", no_wrap=True)
     now = time.time()
     for row in rows:
         seen = "-" if row.last_seen is None else f"{max(0.0, now - row.last_seen):.0f}s ago"
         top = "-" if row.highest_seq is None else str(row.highest_seq)
+        epoch = "-" if row.epoch is None else str(row.epoch)
+        if len(row.spaces) > 1:
+            epoch += f" ({len(row.spaces)} spaces)"
         table.add_row(
-            row.device, str(row.messages), str(row.samples), top, str(row.duplicates), str(row.gaps), seen
+            row.device,
+            str(row.messages),
+            str(row.best_effort),
+            str(row.samples),
+            epoch,
+            top,
+            str(row.duplicates),
+            str(row.gaps),
+            seen,
         )
     console.print(table)
 

@@ -202,8 +202,8 @@ def generic(kind: TopicKind, dev: str, other: str) -> list[tuple[str, bytes, str
 
 def bodies(kind: TopicKind, dev: str) -> list[tuple[str, bytes, str | None]]:
     """Well-formed envelopes whose body does not fit the topic."""
-    batch = TelemetryBody(stream=STREAM, samples=[Sample(ts=1.0, value=1.0)])
-    other_stream = TelemetryBody(stream="other", samples=[Sample(ts=1.0, value=1.0)])
+    batch = TelemetryBody(stream=STREAM, samples=[Sample(ts=1.7e9, value=1.0)])
+    other_stream = TelemetryBody(stream="other", samples=[Sample(ts=1.7e9, value=1.0)])
     table: dict[TopicKind, list[tuple[str, bytes, str | None]]] = {
         TopicKind.STATUS: [
             ("status of the wrong shape", as_json(fields(kind, dev, body={"online": "yes"})), "bad-body")
@@ -419,7 +419,7 @@ async def garbage_on_every_topic(attacker: Attacker) -> None:
             attacker.expected.dropped[f"ek-{FLEET}-dev-1"] += 1
     # topics that are not topics of the contract; the payload is fine, and would break exactly-once
     payload = encode(
-        TelemetryBody(stream=STREAM, samples=[Sample(ts=1.0, value=1.0)]).to_envelope("dev-1", seq=FAR_SEQ)
+        TelemetryBody(stream=STREAM, samples=[Sample(ts=1.7e9, value=1.0)]).to_envelope("dev-1", seq=FAR_SEQ)
     )
     for case, topic, reason in malformed_topics():
         await attacker.send(f"topic: {case}", topic, payload, GATEWAY, reason)

@@ -86,7 +86,7 @@ async def serving(store: FakeStore | None = None, **options: Any) -> AsyncIterat
 
 
 def telemetry(seq: int | None, n: int = 1, device: str = "dev-1", stream: str = "temp") -> Envelope:
-    body = TelemetryBody(stream=stream, samples=[Sample(ts=1000.0 + i, value=float(i)) for i in range(n)])
+    body = TelemetryBody(stream=stream, samples=[Sample(ts=1.7e9 + i, value=float(i)) for i in range(n)])
     return body.to_envelope(device, seq=seq)
 
 
