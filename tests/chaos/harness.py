@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import paho.mqtt.client as paho
 import yaml
@@ -64,9 +65,11 @@ def device(
     rate_hz: float = 200,
     batch: int = 10,
     fleet_keys: list[Path] | None = None,
+    best_effort_hz: float = 0,
 ) -> Program:
     """A device process; with `batch` 1 each sample is its own message (rate_hz messages a second).
-    With `fleet_keys` (public key files) it verifies and runs signed commands."""
+    With `fleet_keys` (public key files) it verifies and runs signed commands. With `best_effort_hz`
+    it also sends a best-effort stream, "temp", one sample a message."""
     config = tmp / f"{name}.yaml"
     settings: dict[str, object] = {
         "fleet": FLEET,
@@ -85,6 +88,9 @@ def device(
     }
     if fleet_keys:
         settings["fleet_keys"] = [str(key) for key in fleet_keys]
+    if best_effort_hz:
+        temp = {"stream": "temp", "rate_hz": best_effort_hz, "best_effort": True, "batch": {"max_samples": 1}}
+        settings["sensors"] = [*cast(list[object], settings["sensors"]), temp]
     config.write_text(yaml.safe_dump(settings))
     argv = [sys.executable, "-m", "edgekernel", "device", "run", "--config", str(config)]
     return Program(name, argv, tmp / f"{name}.log")
@@ -146,9 +152,14 @@ def highest_stored(tmp: Path) -> dict[str, int]:
 
 
 def stored(tmp: Path, device_name: str) -> list[tuple[int, float]]:
-    """(seq, ts) of every message the gateway stored for a device, by seq."""
+    """(seq, ts) of every durable message the gateway stored for a device, by seq."""
     with sqlite3.connect(tmp / "store.db") as db:
-        return list(db.execute("SELECT seq, ts FROM messages WHERE device = ? ORDER BY seq", (device_name,)))
+        return list(
+            db.execute(
+                "SELECT seq, ts FROM messages WHERE device = ? AND seq IS NOT NULL ORDER BY seq",
+                (device_name,),
+            )
+        )
 
 
 def outbox_pending(tmp: Path, device_name: str) -> set[int]:
@@ -223,7 +234,8 @@ class AckWatcher:
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         try:
             envelope = decode(bytes(msg.payload))
-            ranges = AckBody.from_envelope(envelope).ranges
+            ack = AckBody.from_envelope(envelope)
+            ranges = ack.ranges
         except ProtocolError as err:
             with self._lock:
                 self.errors.append(f"bad ack on {msg.topic}: {err}")
@@ -231,7 +243,7 @@ class AckWatcher:
         device_name = topics.parse(msg.topic).device
         seqs = frozenset(seq for first, last in ranges for seq in range(first, last + 1))
         try:
-            missing = seqs - self._stored_now(device_name, min(seqs), max(seqs))
+            missing = seqs - self._stored_now(device_name, ack.seq_space, min(seqs), max(seqs))
         except sqlite3.Error as err:
             with self._lock:
                 self.errors.append(f"cannot read the store at an ack on {msg.topic}: {err}")
@@ -241,13 +253,14 @@ class AckWatcher:
                 SeenAck(time.monotonic(), time.time(), envelope.src, device_name, seqs, frozenset(missing))
             )
 
-    def _stored_now(self, device_name: str, first: int, last: int) -> set[int]:
+    def _stored_now(self, device_name: str, epoch: int, first: int, last: int) -> set[int]:
         if self._db is None:
             self._db = sqlite3.connect(
                 f"file:{self.store}?mode=ro", uri=True, timeout=5, check_same_thread=False
             )
         rows = self._db.execute(
-            "SELECT seq FROM messages WHERE device = ? AND seq BETWEEN ? AND ?", (device_name, first, last)
+            "SELECT seq FROM messages WHERE device = ? AND epoch = ? AND seq BETWEEN ? AND ?",
+            (device_name, epoch, first, last),
         )
         return {seq for (seq,) in rows}
 
