@@ -14,7 +14,8 @@ from edgekernel.config.models import BatchConfig, ReconnectConfig, SensorConfig,
 from edgekernel.device.datasets import split
 from edgekernel.device.kernel import Kernel
 from edgekernel.link import Message, Mosquitto, MqttSession
-from edgekernel.protocol import ReportedBody, StatusBody, TelemetryBody, decode, topics
+from edgekernel.protocol import ReportedBody, StatusBody, TelemetryBody, decode, encode, topics
+from edgekernel.protocol.bodies import AckBody
 
 from .helpers import Collector, wait_until
 
@@ -224,6 +225,31 @@ def test_kernel_serves_its_models_and_reports_them(broker: Mosquitto, tmp_path: 
         assert body.inference.completed == 1
         assert body.backlog is not None
         assert body.backlog.dropped == 0
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+
+
+def test_an_ack_for_another_seq_space_frees_nothing(broker: Mosquitto, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        kernel = Kernel(device_config(broker, tmp_path))
+        stop = asyncio.Event()
+        task = asyncio.create_task(kernel.run(stop))
+        await kernel.session.wait_connected(10)
+        await wait_until(lambda: kernel.outbox.stats().pending >= 3, what="three messages held")
+        stats = kernel.outbox.stats()
+        assert stats.epoch == kernel.outbox.epoch != 0
+        everything = [[1, 10**6]]
+        async with MqttSession(BrokerConfig(url=broker.url), client_id="gw", persistent=False) as gw:
+            await gw.wait_connected(10)
+            old_space = AckBody(ranges=everything).to_envelope("gw")  # epoch 0: not this outbox's
+            await gw.publish(topics.ack(FLEET, "dev-1"), encode(old_space), qos=1)
+            await wait_until(lambda: kernel.counters["ack_other_epoch"] == 1, what="the ack refused")
+            assert kernel.outbox.stats().acked == 0
+            own = AckBody(ranges=everything, epoch=kernel.outbox.epoch).to_envelope("gw")
+            await gw.publish(topics.ack(FLEET, "dev-1"), encode(own), qos=1)
+            await wait_until(lambda: kernel.outbox.stats().acked >= 3, what="the ack applied")
         stop.set()
         await task
 
