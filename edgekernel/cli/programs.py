@@ -140,7 +140,8 @@ def gateway_stats(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Per device: messages stored, highest seq, duplicates dropped, gaps, last seen."""
+    """Per device: messages stored, seq space (epoch) and its highest seq, duplicates dropped, durable
+    messages missing in all its seq spaces (gaps), last seen."""
     from edgekernel.gateway import StoreError, read_summary  # noqa: PLC0415 (keeps `--help` fast)
 
     if (config is None) == (store is None):
@@ -159,7 +160,9 @@ def gateway_stats(
     columns = [
         Column("device", keep=9),
         Column("messages", keep=8, justify="right"),
+        Column("best-effort", keep=2, justify="right"),
         Column("samples", keep=5, justify="right"),
+        Column("epoch", keep=1, justify="right"),
         Column("highest seq", keep=6, justify="right"),
         Column("duplicates", keep=3, justify="right"),
         Column("gaps", keep=4, justify="right"),
@@ -170,7 +173,20 @@ def gateway_stats(
     for row in rows:
         seen = "-" if row.last_seen is None else f"{max(0.0, now - row.last_seen):.0f}s ago"
         top = "-" if row.highest_seq is None else str(row.highest_seq)
-        values = (row.device, row.messages, row.samples, top, row.duplicates, row.gaps, seen)
+        epoch = "-" if row.epoch is None else str(row.epoch)
+        if len(row.spaces) > 1:
+            epoch += f" ({len(row.spaces)} spaces)"
+        values = (
+            row.device,
+            row.messages,
+            row.best_effort,
+            row.samples,
+            epoch,
+            top,
+            row.duplicates,
+            row.gaps,
+            seen,
+        )
         cells.append([Text(str(value)) for value in values])
     print_fitted(console, columns, cells, title=f"gateway store {path}")
 

@@ -53,6 +53,8 @@ def _render(message: Message, envelope: Envelope | None, error: ProtocolError | 
     if envelope is None:
         return f"{head} [dim]cleared[/]"
     seq = f" seq={envelope.seq}" if envelope.seq is not None else ""
+    if envelope.epoch is not None:
+        seq += f" epoch={envelope.epoch}"
     body = json.dumps(envelope.body, separators=(",", ":"))
     if len(body) > BODY_PREVIEW:
         body = body[:BODY_PREVIEW] + "…"

@@ -244,6 +244,21 @@ class GatewayConfig(Model):
     )
     max_payload_bytes: Annotated[int, Field(ge=256, le=256 * 1024 * 1024)] = DEFAULT_MAX_PAYLOAD
     coap: GatewayCoapConfig | None = Field(None, description="serve POST /ingest for CoAP-only devices")
+    max_seq_jump: Annotated[int, Field(ge=1, le=2**62)] = Field(
+        1_000_000,
+        description="a seq more than this above the highest stored of its device and seq space (plus "
+        "max_seq_rate per second since that one came) is refused as a dead letter: more than an outbox "
+        "holds, so only a forged or broken seq goes that far",
+    )
+    max_seq_rate: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] = Field(
+        1000.0,
+        description="seqs a device may use per second while the gateway does not hear it (drop-oldest)",
+    )
+    max_clock_skew_s: Annotated[float, Field(ge=0, le=10 * 365 * 86400, allow_inf_nan=False)] = Field(
+        600.0,
+        description="envelope and sample times later than the gateway's clock plus this, or before "
+        "2000-01-01, are refused as dead letters (bad-ts)",
+    )
 
     @property
     def effective_share_group(self) -> str | None:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -139,7 +139,7 @@ class Kernel:
             )
         self.streams: list[SensorStream] = []
         self.inference = Inference(config.kernel, cache_dir=config.data_dir / "model-cache")
-        self.outbox = Outbox(config.data_dir / "outbox.db", config.outbox, after_seq=self.state.last_seq)
+        self.outbox = Outbox(config.data_dir / "outbox.db", config.outbox)
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- status, birth and will -------------------------------------------------------------
@@ -176,6 +176,7 @@ class Kernel:
     async def _run(self, stop: asyncio.Event) -> None:
         await asyncio.to_thread(self.inference.start)  # first: a model that cannot load stops the device
         await self.outbox.start()
+        self._check_epoch()
         async with contextlib.AsyncExitStack() as stack:
             if self.coap is not None:
                 await stack.enter_async_context(self.coap)
@@ -185,6 +186,34 @@ class Kernel:
         await asyncio.to_thread(self.inference.stop)
         self.state.close()
         log.info("%s stopped: %s", self.device, dict(self.counters))
+
+    def _check_epoch(self) -> None:
+        """Say when the outbox's seq space is not the one the device last used: a new one (the file was
+        reset or moved aside; what it held is gone) or an older file put back."""
+        epoch, recorded = self.outbox.epoch, self.state.epoch
+        if epoch == recorded:
+            return
+        if recorded and self.outbox.new_epoch:
+            self.counters["outbox_reset"] += 1
+            log.warning(
+                "%s: the outbox %s started empty; its seqs start again at 1 in a new seq space (epoch %d, "
+                "was %d), and what the old one held unacknowledged is lost",
+                self.device,
+                self.outbox.path,
+                epoch,
+                recorded,
+            )
+        elif recorded:
+            self.counters["outbox_replaced"] += 1
+            log.warning(
+                "%s: the outbox %s is in seq space %d, not %d as last used: it is another or an older "
+                "file; seqs it already handed out may have been used since",
+                self.device,
+                self.outbox.path,
+                epoch,
+                recorded,
+            )
+        self.state.record_epoch(epoch)
 
     async def _run_tasks(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -306,38 +335,46 @@ class Kernel:
         )
 
     async def _emit(self, sensor: SensorConfig, body: TelemetryBody) -> None:
-        """A durable stream's batch is committed to the outbox (the sender publishes it); a best-effort
-        one takes a seq from the same space and goes out at QoS 0, or not at all while offline."""
+        """A durable stream's batch is committed to the outbox (the sender publishes it), with a seq of
+        the outbox's seq space; a best-effort one goes out at QoS 0 without a seq (nothing is missing
+        when it is lost), or not at all while offline."""
         topic = topics.telemetry(self.fleet, self.device, sensor.stream)
         made: list[Envelope] = []
 
-        def payload(seq: int) -> bytes:
-            envelope = body.to_envelope(self.device, seq=seq)
+        def payload(seq: int | None) -> bytes:
+            envelope = body.to_envelope(
+                self.device, seq=seq, epoch=self.outbox.epoch if seq is not None else 0
+            )
             made.append(envelope)
             return encode(envelope, self.config.encoding)
 
-        try:
-            if sensor.best_effort:
-                seq = await self.outbox.reserve()
-                self._watch(
-                    self.session.publish_nowait(topic, payload(seq), qos=0, content_type=self._content_type)
-                )
-            else:
-                await self.outbox.put(topic, payload, stream=sensor.stream)
-        except OutboxFullError as err:  # drop-newest, or block past its timeout: counted, not fatal
-            self.counters["outbox_refused"] += 1
-            log.warning("%s", err)
-            return
-        except OutboxStorageError as err:  # a full or failing disk: refused and counted until it recovers
-            key = f"outbox_refused:{err.reason}"
-            self.counters[key] += 1
-            if self.counters[key] % 1000 == 1:
-                log.error("%s (%d refused so far)", err, self.counters[key])
+        if sensor.best_effort:
+            self._watch(
+                self.session.publish_nowait(topic, payload(None), qos=0, content_type=self._content_type)
+            )
+        elif not await self._commit(topic, payload, sensor.stream):
             return
         self.counters["telemetry_sent"] += 1
         self.counters["samples_sent"] += len(body.samples)
         if self.coap is not None and made:
             self.coap.publish(sensor.stream, made[-1])
+
+    async def _commit(self, topic: str, payload: Callable[[int], bytes], stream: str) -> bool:
+        """Commits a durable batch to the outbox; a refusal (overflow policy, full or failing disk)
+        is counted, not fatal."""
+        try:
+            await self.outbox.put(topic, payload, stream=stream)
+        except OutboxFullError as err:  # drop-newest, or block past its timeout
+            self.counters["outbox_refused"] += 1
+            log.warning("%s", err)
+            return False
+        except OutboxStorageError as err:  # refused and counted until the disk recovers
+            key = f"outbox_refused:{err.reason}"
+            self.counters[key] += 1
+            if self.counters[key] % 1000 == 1:
+                log.error("%s (%d refused so far)", err, self.counters[key])
+            return False
+        return True
 
     async def _resend_loop(self) -> None:
         """When acknowledgements stall (none for resend_after_s with messages in flight, or an older
@@ -433,6 +470,9 @@ class Kernel:
         self._free(ack)
 
     def _free(self, ack: AckBody) -> None:
+        if ack.seq_space != self.outbox.epoch:  # meant for a seq space this outbox no longer holds
+            self.counters["ack_other_epoch"] += 1
+            return
         self._spawn(self.outbox.ack([(first, last) for first, last in ack.ranges]))
 
     def _refused_by_gateway(self, payload: bytes, err: CoapError) -> None:

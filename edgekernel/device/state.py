@@ -1,6 +1,7 @@
-"""The device's durable counters: the boot id survives restarts (the seq lives in the outbox); and the
-ids of the commands it has accepted, until they expire, so that a restart does not open a window to
-replay them.
+"""The device's durable counters: the boot id survives restarts (the seq lives in the outbox); the
+epoch of the outbox's seq space, kept outside the outbox file so that a device whose outbox was reset
+knows it and says so; and the ids of the commands it has accepted, until they expire, so that a
+restart does not open a window to replay them.
 
 A small SQLite (WAL) file in the device's data_dir. The boot id is taken from paho's thread (before
 each connect) and read from the asyncio loop, so every call holds a lock.
@@ -48,10 +49,17 @@ class DeviceState:
         return int(row[0]) if row else 0
 
     @property
-    def last_seq(self) -> int:
-        """The seq counter kept here before the outbox held it: the outbox starts above it."""
+    def epoch(self) -> int:
+        """The epoch of the outbox's seq space when the device last started (0: none recorded)."""
         with self._lock:
-            return self._get("seq")
+            return self._get("epoch")
+
+    def record_epoch(self, epoch: int) -> None:
+        with self._lock:
+            try:
+                self._db.execute("INSERT OR REPLACE INTO counters VALUES ('epoch', ?)", (epoch,))
+            except sqlite3.Error as err:
+                raise StateError(f"cannot write device state {self.path}: {err}") from err
 
     def next_boot(self) -> int:
         """A new boot id, one per connection attempt. If the disk refuses the write (full), the id is

@@ -3,7 +3,10 @@
 Every message is parsed (topic), decoded (size limit first) and checked against its topic (sender,
 type, stream). What breaks the contract is refused with a reason: counted, logged and kept in the
 store's ``rejected`` table; nothing else is lost. Good telemetry goes to SQLite in batched
-transactions; duplicates by (device, seq) are dropped and counted.
+transactions; duplicates by (device, epoch, seq) are dropped and counted, and only durable telemetry
+(with a seq) is acknowledged. A seq far beyond the highest stored of its seq space, and times before
+2000 or ahead of the gateway's clock, are refused as dead letters, so `gateway stats` never counts
+absurd gaps. A device's first message in a new seq space (its outbox was reset) is logged and counted.
 
 With ``coap`` in its config the gateway also serves ``POST /ingest`` for CoAP-only devices: an
 envelope posted there is checked the same way (its topic is implied by its type and sender), stored in
@@ -23,6 +26,7 @@ from collections import Counter
 from edgekernel.config.models import GatewayConfig
 from edgekernel.gateway.store import (
     DeviceUpdate,
+    NewEpoch,
     Rejected,
     Store,
     StoreError,
@@ -41,6 +45,7 @@ from edgekernel.protocol import (
     TelemetryBody,
     Topic,
     TopicKind,
+    check_times,
     decode,
     encode,
     inbound,
@@ -78,9 +83,10 @@ class Gateway:
         self._lock = threading.Lock()
         self._first_pending: float | None = None
         self._closing = False
-        self._via_coap: set[tuple[str, int]] = set()
+        self._via_coap: set[tuple[str, int, int]] = set()
+        self._highest: dict[tuple[str, int], tuple[int, float]] = {}  # (device, epoch) -> (seq, when)
         self._coap_devices: dict[str, tuple[float, int]] = {}  # device -> (last heard, monotonic; boot)
-        self._dead_letters: list[tuple[str, int]] = []
+        self._dead_letters: list[tuple[str, int, int]] = []
         self._acks_in_flight: set[asyncio.Future[None]] = set()
         self._commits: list[asyncio.Future[None]] = []
         self.coap: CoapServer | None = None
@@ -243,8 +249,26 @@ class Gateway:
         self.counters["duplicates"] += result.duplicates
         self.counters["samples_stored"] += result.samples
         self._settle(commits)
-        held = [(r.device, r.seq) for r in telemetry if (r.device, r.seq) not in via_coap]
+        self._announce_epochs(result.new_epochs)
+        held = [
+            (r.device, r.epoch, r.seq)
+            for r in telemetry
+            if r.seq is not None and (r.device, r.epoch, r.seq) not in via_coap
+        ]
         self._acknowledge(held + dead_letters)
+
+    def _announce_epochs(self, new_epochs: tuple[NewEpoch, ...]) -> None:
+        for new in new_epochs:
+            self.counters["new_epochs"] += 1
+            log.warning(
+                "%s started a new seq space (epoch %d; its outbox was reset): seq space %d ended at seq %d "
+                "with %d missing",
+                new.device,
+                new.epoch,
+                new.previous,
+                new.previous_highest,
+                new.previous_gaps,
+            )
 
     @staticmethod
     def _settle(commits: list[asyncio.Future[None]], error: Exception | None = None) -> None:
@@ -260,17 +284,17 @@ class Gateway:
         commits, self._commits = self._commits, []
         self._settle(commits, error)
 
-    def _acknowledge(self, held: list[tuple[str, int]]) -> None:
-        """Tell each device which seqs are now held durably (stored now or before: duplicates too, and
-        dead letters)."""
-        by_device: dict[str, list[int]] = {}
-        for device, seq in held:
-            by_device.setdefault(device, []).append(seq)
-        for device, seqs in by_device.items():
+    def _acknowledge(self, held: list[tuple[str, int, int]]) -> None:
+        """Tell each device which seqs of which seq space are now held durably (stored now or before:
+        duplicates too, and dead letters)."""
+        by_space: dict[tuple[str, int], list[int]] = {}
+        for device, epoch, seq in held:
+            by_space.setdefault((device, epoch), []).append(seq)
+        for (device, epoch), seqs in by_space.items():
             if not self.session.connected:
                 self.counters["acks_deferred"] += 1  # the device re-sends; its duplicate is acked then
                 continue
-            for ack in AckBody.split(seqs):
+            for ack in AckBody.split(seqs, epoch):
                 future = self.session.publish_nowait(
                     topics.ack(self.fleet, device),
                     encode(ack.to_envelope(self.config.gateway)),
@@ -310,10 +334,10 @@ class Gateway:
         except ProtocolError as err:
             self._refuse(message, err, dead_letter=self._dead_letter(message.topic, message.payload))
 
-    def _dead_letter(self, topic_text: str, payload: bytes) -> tuple[str, int] | None:
-        """(device, seq) when a refused message is a device's own telemetry envelope (too large, or a body
-        that breaks the contract): no resend can make it pass, so it is kept whole in the rejected table
-        and acknowledged, and the device stops sending it."""
+    def _dead_letter(self, topic_text: str, payload: bytes) -> tuple[str, int, int] | None:
+        """(device, epoch, seq) when a refused message is a device's own durable telemetry envelope (too
+        large, a body that breaks the contract, a bad time or seq): no resend can make it pass, so it is
+        kept whole in the rejected table and acknowledged, and the device stops sending it."""
         try:
             topic = topics.parse(topic_text) if topic_text != COAP_INGEST_TOPIC else None
             envelope = decode(payload, max_size=max(4 * self.config.max_payload_bytes, MIN_PACKET_LIMIT))
@@ -325,21 +349,34 @@ class Gateway:
             topic.fleet != self.fleet or topic.kind is not TopicKind.TELEMETRY or topic.device != envelope.src
         ):
             return None
-        return envelope.src, envelope.seq
+        return envelope.src, envelope.seq_space, envelope.seq
 
     def _accept(self, topic: Topic, envelope: Envelope, received_at: float) -> None:
+        skew = self.config.max_clock_skew_s
         if topic.kind is TopicKind.TELEMETRY:
             body = TelemetryBody.from_envelope(envelope)
             if body.stream != topic.name:
                 raise ProtocolError("stream-mismatch", f"stream {body.stream!r} on topic of {topic.name!r}")
-            if envelope.seq is None:
-                raise ProtocolError("no-seq", "telemetry must carry a seq")
+            check_times(envelope, (s.ts for s in body.samples), now=time.time(), skew_s=skew)
+            if envelope.seq is not None:
+                self._check_jump(topic.device, envelope.seq_space, envelope.seq, received_at)
             samples = tuple((s.ts, *encode_fields(s.value)) for s in body.samples)
             self._telemetry.append(
-                TelemetryRecord(topic.device, body.stream, envelope.seq, envelope.ts, received_at, samples)
+                TelemetryRecord(
+                    topic.device,
+                    body.stream,
+                    envelope.seq,
+                    envelope.ts,
+                    received_at,
+                    samples,
+                    envelope.seq_space,
+                )
             )
             self._seen(topic.device, received_at)
-        elif topic.kind is TopicKind.STATUS:
+            self._count_accepted(topic)
+            return
+        check_times(envelope, now=time.time(), skew_s=skew)
+        if topic.kind is TopicKind.STATUS:
             status = StatusBody.from_envelope(envelope)
             self._devices.append(
                 DeviceUpdate(
@@ -363,10 +400,35 @@ class Gateway:
         else:
             self.counters["events"] += 1
             self._seen(topic.device, received_at)
+        self._count_accepted(topic)
+
+    def _count_accepted(self, topic: Topic) -> None:
         self.counters[f"accepted:{topic.kind.value}"] += 1
 
     def _seen(self, device: str, at: float) -> None:
         self._last_seen[device] = at
+
+    def _check_jump(self, device: str, epoch: int, seq: int, now: float) -> None:
+        """Refuse a seq too far above the highest of its seq space: max_seq_jump, plus max_seq_rate per
+        second since that one came (a drop-oldest outbox goes on counting while it is offline). A new
+        space starts at 1, so its first seq may be at most max_seq_jump."""
+        key = (device, epoch)
+        known = self._highest.get(key)
+        if known is None:
+            try:
+                known = self.store.highest(device, epoch) or (0, now)
+            except StoreError as err:
+                log.warning("cannot look up the highest seq of %s: %s", device, err)
+                known = (0, now)
+        top, at = known
+        limit = top + self.config.max_seq_jump + int(self.config.max_seq_rate * max(0.0, now - at))
+        if seq > limit:
+            self._highest[key] = known
+            raise ProtocolError(
+                "seq-jump",
+                f"seq {seq} of seq space {epoch} is more than {limit - top} above the highest seen ({top})",
+            )
+        self._highest[key] = (seq, now) if seq > top else known
 
     # -- CoAP ------------------------------------------------------------------------------
 
@@ -393,18 +455,20 @@ class Gateway:
                     return None
                 self._accept(topic, envelope, time.time())
             except ProtocolError as err:  # the resource checked the envelope; these are the gateway's own
-                self._refuse(Message(COAP_INGEST_TOPIC, b"", 1, False), err, acknowledge=False)
+                whole = (envelope.src, envelope.seq_space, envelope.seq) if envelope.seq is not None else None
+                refused = Message(COAP_INGEST_TOPIC, encode(envelope), 1, False)
+                self._refuse(refused, err, dead_letter=whole, acknowledge=False)
                 raise CoapBadRequest(f"{err.reason}: {err}") from err
             self._heard(topic.device, envelope)
             if topic.kind is TopicKind.TELEMETRY and envelope.seq is not None:
-                self._via_coap.add((topic.device, envelope.seq))
+                self._via_coap.add((topic.device, envelope.seq_space, envelope.seq))
             self._commits.append(commit)
             self._mark_pending()
         if topic.kind in (TopicKind.STATUS, TopicKind.REPORTED):
             self._bridge(topic, envelope)
         self._wake_soon()
         await commit
-        return AckBody.of([envelope.seq]) if envelope.seq is not None else None
+        return AckBody.of([envelope.seq], envelope.seq_space) if envelope.seq is not None else None
 
     def _heard(self, device: str, envelope: Envelope) -> None:
         """A CoAP-only device is alive; one that said goodbye (status offline) is no longer watched."""
@@ -476,7 +540,7 @@ class Gateway:
         message: Message,
         err: ProtocolError,
         *,
-        dead_letter: tuple[str, int] | None = None,
+        dead_letter: tuple[str, int, int] | None = None,
         acknowledge: bool = True,
     ) -> None:
         self.counters[f"rejected:{err.reason}"] += 1

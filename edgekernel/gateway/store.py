@@ -1,7 +1,9 @@
 """The gateway's SQLite (WAL) store: telemetry messages, their samples, devices and rejects.
 
-Writes come in batches, one transaction each. A message is stored once per (device, seq): a
-duplicate is dropped and counted, never stored twice.
+Writes come in batches, one transaction each. A durable message is stored once per (device, epoch,
+seq): a duplicate is dropped and counted, never stored twice. A best-effort message has no seq and is
+stored as it comes (QoS 0 never delivers one twice). A store written before epochs is moved to this
+layout when it is opened (its messages are in epoch 0).
 """
 
 from __future__ import annotations
@@ -16,25 +18,30 @@ from pathlib import Path
 
 from edgekernel.errors import EdgeKernelError
 
+LAYOUT = 2  # PRAGMA user_version of a store with epochs
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
     device TEXT NOT NULL,
-    seq INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    seq INTEGER,
     stream TEXT NOT NULL,
     ts REAL NOT NULL,
     received_at REAL NOT NULL,
-    samples INTEGER NOT NULL,
-    PRIMARY KEY (device, seq)
-) WITHOUT ROWID;
+    samples INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_seq ON messages (device, epoch, seq);
 CREATE TABLE IF NOT EXISTS samples (
+    message INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
     device TEXT NOT NULL,
     stream TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    seq INTEGER,
     ts REAL NOT NULL,
     value REAL,
     fields TEXT,
-    PRIMARY KEY (device, seq, idx)
+    PRIMARY KEY (message, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS samples_by_stream ON samples (device, stream, ts);
 CREATE TABLE IF NOT EXISTS devices (
@@ -71,12 +78,15 @@ class StoreError(EdgeKernelError):
 
 @dataclass(frozen=True, slots=True)
 class TelemetryRecord:
+    """One telemetry message; `seq` None for a best-effort one."""
+
     device: str
     stream: str
-    seq: int
+    seq: int | None
     ts: float
     received_at: float
     samples: tuple[tuple[float, float | None, str | None], ...]  # (ts, value, fields as JSON)
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +114,23 @@ class DeviceUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class NewEpoch:
+    """A device's first message in a seq space while it had messages in another (`previous`, whose
+    highest seq and gaps are now final)."""
+
+    device: str
+    epoch: int
+    previous: int
+    previous_highest: int
+    previous_gaps: int
+
+
+@dataclass(frozen=True, slots=True)
 class WriteResult:
     stored: int
     duplicates: int
     samples: int
+    new_epochs: tuple[NewEpoch, ...] = ()
 
 
 class Store:
@@ -118,10 +141,20 @@ class Store:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                _create(self._db)
+                self._db.execute("COMMIT")
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
         except (OSError, sqlite3.Error) as err:
             raise StoreError(f"cannot open store {path}: {err}") from err
         self._lock = threading.Lock()
+        self._spaces: set[tuple[str, int]] = set()  # (device, epoch) known to hold messages
+        # lookups from the ingest thread take their own connection: a write in progress never blocks them
+        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._read_lock = threading.Lock()
 
     def write(
         self,
@@ -139,15 +172,20 @@ class Store:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 fresh, duplicates = self._fresh(telemetry)
+                new_epochs = self._new_epochs(fresh)
+                first = int(self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0])
                 self._insert(
                     "messages",
-                    [(r.device, r.seq, r.stream, r.ts, r.received_at, len(r.samples)) for r in fresh],
+                    [
+                        (first + n, r.device, r.epoch, r.seq, r.stream, r.ts, r.received_at, len(r.samples))
+                        for n, r in enumerate(fresh)
+                    ],
                 )
                 self._insert(
                     "samples",
                     [
-                        (r.device, r.stream, r.seq, idx, ts, value, fields)
-                        for r in fresh
+                        (first + n, idx, r.device, r.stream, r.epoch, r.seq, ts, value, fields)
+                        for n, r in enumerate(fresh)
                         for idx, (ts, value, fields) in enumerate(r.samples)
                     ],
                 )
@@ -178,31 +216,75 @@ class Store:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise StoreError(f"store write failed: {err}") from err
+        for record in fresh:
+            self._spaces.add((record.device, record.epoch))
         stored = len(fresh)
-        return WriteResult(stored, sum(duplicates.values()), sum(len(r.samples) for r in fresh))
+        return WriteResult(
+            stored, sum(duplicates.values()), sum(len(r.samples) for r in fresh), tuple(new_epochs)
+        )
 
     def _fresh(self, telemetry: Sequence[TelemetryRecord]) -> tuple[list[TelemetryRecord], Counter[str]]:
-        """The records not stored yet (the first of each (device, seq) in the batch), and how many
-        duplicates each device sent."""
+        """The records not stored yet (the first of each (device, epoch, seq) in the batch, and every
+        best-effort one), and how many duplicates each device sent."""
         duplicates: Counter[str] = Counter()
-        unique: dict[tuple[str, int], TelemetryRecord] = {}
+        unique: dict[tuple[str, int, int], TelemetryRecord] = {}
+        best_effort: list[TelemetryRecord] = []
         for record in telemetry:
-            key = (record.device, record.seq)
+            if record.seq is None:
+                best_effort.append(record)
+                continue
+            key = (record.device, record.epoch, record.seq)
             if key in unique:
                 duplicates[record.device] += 1
             else:
                 unique[key] = record
-        by_device: dict[str, list[int]] = {}
-        for device, seq in unique:
-            by_device.setdefault(device, []).append(seq)
-        for device, seqs in by_device.items():
+        by_space: dict[tuple[str, int], list[int]] = {}
+        for device, epoch, seq in unique:
+            by_space.setdefault((device, epoch), []).append(seq)
+        for (device, epoch), seqs in by_space.items():
             for (seq,) in self._db.execute(
-                "SELECT seq FROM messages WHERE device = ? AND seq IN (SELECT value FROM json_each(?))",
-                (device, json.dumps(seqs)),
+                "SELECT seq FROM messages WHERE device = ? AND epoch = ? "
+                "AND seq IN (SELECT value FROM json_each(?))",
+                (device, epoch, json.dumps(seqs)),
             ):
-                del unique[(device, seq)]
+                del unique[(device, epoch, seq)]
                 duplicates[device] += 1
-        return list(unique.values()), duplicates
+        return [*unique.values(), *best_effort], duplicates
+
+    def _new_epochs(self, fresh: Sequence[TelemetryRecord]) -> list[NewEpoch]:
+        """The seq spaces these records open for a device that had messages in another one."""
+        out = []
+        for device, epoch in {(r.device, r.epoch) for r in fresh if r.seq is not None} - self._spaces:
+            if self._db.execute(
+                "SELECT 1 FROM messages WHERE device = ? AND epoch = ? AND seq IS NOT NULL LIMIT 1",
+                (device, epoch),
+            ).fetchone():
+                self._spaces.add((device, epoch))
+                continue
+            row = self._db.execute(
+                "SELECT epoch FROM messages WHERE device = ? AND seq IS NOT NULL ORDER BY id DESC LIMIT 1",
+                (device,),
+            ).fetchone()
+            if row is None:
+                continue
+            highest, count = self._db.execute(
+                "SELECT max(seq), count(seq) FROM messages WHERE device = ? AND epoch = ?", (device, row[0])
+            ).fetchone()
+            out.append(NewEpoch(device, epoch, int(row[0]), int(highest), max(0, int(highest) - int(count))))
+        return out
+
+    def highest(self, device: str, epoch: int) -> tuple[int, float] | None:
+        """The highest seq stored for a device in a seq space, and when it was received."""
+        with self._read_lock:
+            try:
+                row = self._reader.execute(
+                    "SELECT seq, received_at FROM messages WHERE device = ? AND epoch = ? "
+                    "AND seq IS NOT NULL ORDER BY seq DESC LIMIT 1",
+                    (device, epoch),
+                ).fetchone()
+            except sqlite3.Error as err:
+                raise StoreError(f"cannot read store {self.path}: {err}") from err
+        return None if row is None else (int(row[0]), float(row[1]))
 
     def _insert(self, table: str, rows: Sequence[tuple[object, ...]]) -> None:
         if not rows:
@@ -238,8 +320,38 @@ class Store:
         )
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
+
+
+def _create(db: sqlite3.Connection) -> None:
+    """Create the tables, or move a store from before epochs to this layout (in the caller's
+    transaction, so one process does it and the others find it done)."""
+    if db.execute("PRAGMA user_version").fetchone()[0] >= LAYOUT:
+        return
+    columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+    old = bool(columns) and "epoch" not in columns
+    if old:
+        db.execute("DROP INDEX IF EXISTS samples_by_stream")
+        db.execute("ALTER TABLE messages RENAME TO messages_v1")
+        db.execute("ALTER TABLE samples RENAME TO samples_v1")
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    if old:
+        db.execute(
+            "INSERT INTO messages (id, device, epoch, seq, stream, ts, received_at, samples) "
+            "SELECT row_number() OVER (ORDER BY device, seq), device, 0, seq, stream, ts, received_at, "
+            "samples FROM messages_v1"
+        )
+        db.execute(
+            "INSERT INTO samples SELECT m.id, s.idx, s.device, s.stream, 0, s.seq, s.ts, s.value, s.fields "
+            "FROM samples_v1 s JOIN messages m ON m.device = s.device AND m.epoch = 0 AND m.seq = s.seq"
+        )
+        db.execute("DROP TABLE messages_v1")
+        db.execute("DROP TABLE samples_v1")
+    db.execute(f"PRAGMA user_version = {LAYOUT}")
 
 
 def encode_fields(value: float | dict[str, float]) -> tuple[float | None, str | None]:
@@ -249,9 +361,21 @@ def encode_fields(value: float | dict[str, float]) -> tuple[float | None, str | 
 
 
 @dataclass(frozen=True, slots=True)
+class SpaceSummary:
+    """One seq space of a device: its durable messages, highest seq and the seqs below it that never
+    arrived (a space's seqs start at 1; an old space's figures no longer change)."""
+
+    epoch: int
+    messages: int
+    highest_seq: int
+    gaps: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceSummary:
-    """One device as the store sees it. `gaps` counts seqs below the highest that never arrived (the
-    device's seq starts at 1 and is shared by all its durable streams)."""
+    """One device as the store sees it. `messages` counts durable and best-effort messages alike;
+    `highest_seq` and `epoch` are those of the seq space it used last; `gaps` counts durable messages
+    missing in all its seq spaces (best-effort ones have no seq, so are never missing)."""
 
     device: str
     messages: int
@@ -260,10 +384,13 @@ class DeviceSummary:
     online: bool | None
     last_seen: float | None
     duplicates: int = 0
+    best_effort: int = 0
+    epoch: int | None = None
+    spaces: tuple[SpaceSummary, ...] = ()
 
     @property
     def gaps(self) -> int:
-        return 0 if self.highest_seq is None else max(0, self.highest_seq - self.messages)
+        return sum(space.gaps for space in self.spaces)
 
 
 def read_summary(path: Path) -> list[DeviceSummary]:
@@ -273,34 +400,44 @@ def read_summary(path: Path) -> list[DeviceSummary]:
     except sqlite3.Error as err:
         raise StoreError(f"cannot open store {path}: {err}") from err
     try:
-        totals = {
-            device: (int(n), int(s or 0), top)
-            for device, n, s, top in db.execute(
-                "SELECT device, count(*), sum(samples), max(seq) FROM messages GROUP BY device"
-            )
-        }
+        if db.execute("PRAGMA user_version").fetchone()[0] < LAYOUT:
+            raise StoreError(f"store {path} is from before seq epochs: start the gateway once to update it")
+        rows = db.execute(
+            "SELECT device, epoch, count(*), count(seq), max(seq), sum(samples), max(id) "
+            "FROM messages GROUP BY device, epoch ORDER BY device, max(id)"
+        ).fetchall()
         states = {d: (o, seen) for d, o, seen in db.execute("SELECT device, online, last_seen FROM devices")}
-        try:
-            dupes = dict(db.execute("SELECT device, count FROM duplicates"))
-        except sqlite3.OperationalError:  # a store written before duplicates were kept per device
-            dupes = {}
+        dupes = dict(db.execute("SELECT device, count FROM duplicates"))
     except sqlite3.Error as err:
         raise StoreError(f"cannot read store {path}: {err}") from err
     finally:
         db.close()
+    spaces: dict[str, list[SpaceSummary]] = {}
+    totals: dict[str, tuple[int, int, int]] = {}
+    for device, epoch, n, durable, top, s, _ in rows:
+        messages, samples, best_effort = totals.get(device, (0, 0, 0))
+        totals[device] = (messages + int(n), samples + int(s or 0), best_effort + int(n) - int(durable))
+        if top is not None:
+            spaces.setdefault(device, []).append(
+                SpaceSummary(int(epoch), int(durable), int(top), max(0, int(top) - int(durable)))
+            )
     summaries = []
     for device in sorted(totals.keys() | states.keys()):
-        messages, samples, top = totals.get(device, (0, 0, None))
+        messages, samples, best_effort = totals.get(device, (0, 0, 0))
         online, seen = states.get(device, (None, None))
+        own = tuple(spaces.get(device, ()))
         summaries.append(
             DeviceSummary(
                 device,
                 messages,
                 samples,
-                top,
+                own[-1].highest_seq if own else None,
                 None if online is None else bool(online),
                 seen,
                 int(dupes.get(device, 0)),
+                best_effort,
+                own[-1].epoch if own else None,
+                own,
             )
         )
     return summaries

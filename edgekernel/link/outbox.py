@@ -13,6 +13,9 @@ so the payload can carry it; the file keeps the seq high-water mark in the same 
 that was ever returned is never handed out again, even after its row is acked or dropped. A seq that
 never committed (the process died first) was never returned or sent, and may be taken again.
 
+The seqs count in the file's seq space, `epoch` (see outbox_store): a file that starts empty draws a
+new one, so a payload that carries (epoch, seq) is never taken for one of an earlier file's.
+
 Bounded by `max_bytes` (payload and topic bytes): `block` makes a put wait, in arrival order, for acks
 to free room (then fails with `OutboxFullError`); `drop-newest` refuses the new message; `drop-oldest`
 deletes the oldest unacknowledged rows in the transaction that overflows, and records their seqs.
@@ -43,7 +46,6 @@ from edgekernel.link.outbox_store import (
     OutboxMessage,
     Outcome,
     PutJob,
-    ReserveJob,
     serve,
     settle,
 )
@@ -94,6 +96,7 @@ class OutboxStats:
     in_flight: int
     ack_wait_s: float
     oldest_age_s: float
+    epoch: int
     highest_seq: int
     max_bytes: int
     dead: int
@@ -121,14 +124,16 @@ class Outbox:
         path: Path,
         config: OutboxConfig | None = None,
         *,
-        after_seq: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`after_seq`: seqs already used elsewhere; the outbox hands out only higher ones."""
         self.path = Path(path)
         self.config = config or OutboxConfig()
         self._clock = clock
-        self._file = OutboxFile(self.path, self.config, after_seq)
+        self._file = OutboxFile(self.path, self.config)
+        self.epoch = 0
+        """The seq space of the seqs handed out (known once started)."""
+        self.new_epoch = False
+        """Whether this start began the seq space: the file was empty."""
         self._jobs: queue.SimpleQueue[Job | Close] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -166,7 +171,9 @@ class Outbox:
         )
         self._thread.start()
         try:
-            self._apply_summary(await opened)
+            summary = await opened
+            self._apply_summary(summary)
+            self.epoch, self.new_epoch = summary.epoch, summary.new_epoch
         except BaseException:
             self._closed = True
             self._jobs.put(CLOSE)  # if the open succeeded after all (start was cancelled)
@@ -209,15 +216,6 @@ class Outbox:
         job = self._admit(topic, payload, stream) if not self._waiters else None
         if not isinstance(job, PutJob):
             job = await self._wait_for_room(topic, payload, stream)
-        self._jobs.put(job)
-        return await job.future
-
-    async def reserve(self) -> int:
-        """A seq for a message that does not go through the outbox (a best-effort stream), committed
-        as the high-water mark so it is never given again, even after a crash."""
-        self._check_open()
-        job = ReserveJob(self._next_seq, self._new_future())
-        self._next_seq += 1
         self._jobs.put(job)
         return await job.future
 
@@ -315,6 +313,7 @@ class Outbox:
             in_flight=self._in_flight,
             ack_wait_s=self._ack_wait(time.monotonic()),
             oldest_age_s=age,
+            epoch=self.epoch,
             highest_seq=self._hwm,
             max_bytes=self.config.max_bytes,
             dead=self._dead,
@@ -455,8 +454,6 @@ class Outbox:
         self._wake()
 
     def _apply_job(self, job: Job, result: object) -> object:
-        if isinstance(job, ReserveJob):
-            return job.seq
         if isinstance(job, PutJob):
             self._reserved -= job.size
             self._c.committed += 1

@@ -5,6 +5,10 @@ The thread takes every job queued while the previous transaction ran (up to `max
 sender. What it did comes back as an `Outcome` that the event loop applies in the order the
 transactions ran. The file holds the seq high-water mark beside the rows, and is held with an exclusive
 lock, so no second outbox can write to it.
+
+It also holds the epoch of its seq space: a random id in [1, 2**63-1] drawn when the file starts
+empty (new, truncated, or the old one moved aside), so the seqs it hands out, which start again at 1,
+are never taken for those of the file before it. A file written before epochs keeps epoch 0.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import contextlib
 import errno
 import queue
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable
@@ -23,6 +28,7 @@ from typing import Any
 from edgekernel.config.outbox import OutboxConfig
 from edgekernel.link.errors import OutboxError, OutboxStorageError
 from edgekernel.link.ranges import SeqRanges
+from edgekernel.protocol.envelope import MAX_EPOCH
 
 APPLICATION_ID = 0x656B6F62  # "ekob": marks the file as an edgekernel outbox
 FORMAT = 1
@@ -93,15 +99,7 @@ class FetchJob:
     future: asyncio.Future[None]
 
 
-@dataclass(slots=True, eq=False)
-class ReserveJob:
-    """A seq for a message that is not kept (a best-effort stream): only the high-water mark moves."""
-
-    seq: int
-    future: asyncio.Future[int]
-
-
-Job = PutJob | AckJob | FetchJob | ReserveJob
+Job = PutJob | AckJob | FetchJob
 
 
 class Close:
@@ -127,14 +125,16 @@ class Outcome:
     oldest: float | None = None
     first: int = 0
     dead: int = 0
+    epoch: int = 0
+    new_epoch: bool = False
 
 
 class OutboxFile:
-    def __init__(self, path: Path, config: OutboxConfig, after_seq: int) -> None:
+    def __init__(self, path: Path, config: OutboxConfig) -> None:
         self.path = path
         self.config = config
-        self._after_seq = after_seq
         self._db: sqlite3.Connection | None = None
+        self.epoch = 0
         self.hwm = 0
         self.count = 0
         self.dead = 0
@@ -196,11 +196,12 @@ class OutboxFile:
             count, size, top = db.execute(
                 "SELECT count(*), coalesce(sum(size), 0), coalesce(max(seq), 0) FROM messages"
             ).fetchone()
-            self.hwm = max(int(row[0]) if row else 0, int(top), self._after_seq)
+            self.hwm = max(int(row[0]) if row else 0, int(top))
             self.count, self.bytes = int(count), int(size)
             self.dead = int(db.execute("SELECT count(*) FROM dead").fetchone()[0])
+            new_epoch = self._open_epoch(db, used=row is not None or self.hwm > 0 or self.dead > 0)
             self._find_oldest(db)
-            opened = self._summary(Outcome([]))
+            opened = self._summary(Outcome([], epoch=self.epoch, new_epoch=new_epoch))
             db.execute("COMMIT")
         except OutboxError:
             self.close()
@@ -210,6 +211,16 @@ class OutboxFile:
             raise self._error("open it", err) from err
         return opened
 
+    def _open_epoch(self, db: sqlite3.Connection, *, used: bool) -> bool:
+        """Read the file's epoch; a file that never handed out a seq starts a new seq space."""
+        row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        if row is not None:
+            self.epoch = int(row[0])
+            return False
+        self.epoch = 0 if used else secrets.randbelow(MAX_EPOCH) + 1
+        db.execute("INSERT INTO meta VALUES ('epoch', ?)", (self.epoch,))
+        return not used
+
     def close(self) -> None:
         if self._db is not None:
             db, self._db = self._db, None
@@ -217,13 +228,13 @@ class OutboxFile:
                 db.close()
 
     def commit(self, jobs: list[Job]) -> list[Outcome]:
-        """Run a batch; if the disk refused it, run again without the new messages and seqs, so that
+        """Run a batch; if the disk refused it, run again without the new messages so that
         acknowledgements (which free room) and reads still go through."""
         outcome = self.run(jobs)
         if not isinstance(outcome.error, OutboxStorageError):
             return [outcome]
-        adding: list[Job] = [job for job in jobs if isinstance(job, PutJob | ReserveJob)]
-        rest: list[Job] = [job for job in jobs if not isinstance(job, PutJob | ReserveJob)]
+        adding: list[Job] = [job for job in jobs if isinstance(job, PutJob)]
+        rest: list[Job] = [job for job in jobs if not isinstance(job, PutJob)]
         if not adding or not rest:
             return [outcome]
         return [Outcome(adding, error=outcome.error), self.run(rest)]
@@ -264,10 +275,6 @@ class OutboxFile:
                     self.oldest, self.first = job.created, job.seq
                 self.count += 1
                 self.bytes += job.size
-                self.hwm = max(self.hwm, job.seq)
-                outcome.results.append(job.seq)
-                continue
-            if isinstance(job, ReserveJob):
                 self.hwm = max(self.hwm, job.seq)
                 outcome.results.append(job.seq)
                 continue

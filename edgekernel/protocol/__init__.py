@@ -32,7 +32,8 @@ from edgekernel.protocol.commands import (
 )
 from edgekernel.protocol.envelope import SCHEMA_VERSION, Envelope, MessageType
 from edgekernel.protocol.errors import ProtocolError
-from edgekernel.protocol.inbound import Inbound, inbound
+from edgekernel.protocol.inbound import Inbound, check_seq, inbound
+from edgekernel.protocol.times import check_times
 from edgekernel.protocol.topics import Topic, TopicKind
 
 __all__ = [
@@ -62,6 +63,8 @@ __all__ = [
     "Topic",
     "TopicKind",
     "VerifiedCommand",
+    "check_seq",
+    "check_times",
     "decode",
     "encode",
     "inbound",

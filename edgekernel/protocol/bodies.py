@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
-from edgekernel.protocol.envelope import Envelope, Id, MessageType, Timestamp
+from edgekernel.protocol.envelope import MAX_EPOCH, Envelope, Id, MessageType, Timestamp
 from edgekernel.protocol.errors import ProtocolError
 
 MAX_SAMPLES = 10_000
@@ -37,8 +37,12 @@ class _Body(BaseModel):
         data: dict[str, JsonValue] = self.model_dump(mode="json", exclude_none=True)
         return data
 
-    def to_envelope(self, src: str, *, seq: int | None = None, ts: float | None = None) -> Envelope:
-        return Envelope.new(src=src, type=self.ENVELOPE_TYPE, body=self.to_body(), seq=seq, ts=ts)
+    def to_envelope(
+        self, src: str, *, seq: int | None = None, epoch: int = 0, ts: float | None = None
+    ) -> Envelope:
+        return Envelope.new(
+            src=src, type=self.ENVELOPE_TYPE, body=self.to_body(), seq=seq, epoch=epoch, ts=ts
+        )
 
 
 def _first_error(err: ValidationError) -> str:
@@ -159,14 +163,21 @@ def _cover(seqs: Iterable[int]) -> list[list[int]]:
 
 
 class AckBody(_Body):
-    """The gateway's word that it holds these seqs durably: inclusive (first, last) ranges, sorted and
-    disjoint. A device deletes those rows from its outbox."""
+    """The gateway's word that it holds these seqs of seq space `epoch` durably: inclusive (first,
+    last) ranges, sorted and disjoint. A device deletes those rows from its outbox only when `epoch`
+    is its outbox's, so an ack meant for a space it left never frees a row of its new one. Epoch 0 is
+    written as no ``epoch`` member, which devices from before epochs expect."""
 
     ENVELOPE_TYPE: ClassVar[MessageType] = "ack"
     ranges: Annotated[
         list[Annotated[list[Seq], Field(min_length=2, max_length=2)]],
         Field(min_length=1, max_length=MAX_ACK_RANGES),
     ]
+    epoch: Annotated[int, Field(ge=1, le=MAX_EPOCH)] | None = None
+
+    @property
+    def seq_space(self) -> int:
+        return self.epoch or 0
 
     @model_validator(mode="after")
     def _sorted_and_disjoint(self) -> AckBody:
@@ -180,15 +191,18 @@ class AckBody(_Body):
         return self
 
     @classmethod
-    def of(cls, seqs: Iterable[int]) -> AckBody:
+    def of(cls, seqs: Iterable[int], epoch: int = 0) -> AckBody:
         """The minimal ranges covering `seqs`."""
-        return cls(ranges=_cover(seqs))
+        return cls(ranges=_cover(seqs), epoch=epoch or None)
 
     @classmethod
-    def split(cls, seqs: Iterable[int]) -> list[AckBody]:
+    def split(cls, seqs: Iterable[int], epoch: int = 0) -> list[AckBody]:
         """The acks covering `seqs`, each within the limit of MAX_ACK_RANGES ranges."""
         ranges = _cover(seqs)
-        return [cls(ranges=ranges[i : i + MAX_ACK_RANGES]) for i in range(0, len(ranges), MAX_ACK_RANGES)]
+        return [
+            cls(ranges=ranges[i : i + MAX_ACK_RANGES], epoch=epoch or None)
+            for i in range(0, len(ranges), MAX_ACK_RANGES)
+        ]
 
     def seqs(self) -> Iterator[int]:
         for first, last in self.ranges:

@@ -2,8 +2,8 @@
 
 Every program refuses a message the same way, with a `ProtocolError` whose reason names what is
 wrong: the topic (bad-topic, bad-id, unknown-kind, …), the payload (oversized, bad-envelope, …), an
-envelope whose sender is not the device the topic belongs to (src-mismatch), or whose type does not
-belong on that kind of topic (wrong-type).
+envelope whose sender is not the device the topic belongs to (src-mismatch), whose type does not
+belong on that kind of topic (wrong-type), or that carries a seq but is not telemetry (unexpected-seq).
 """
 
 from __future__ import annotations
@@ -54,4 +54,15 @@ def inbound(topic: str | Topic, payload: bytes, *, max_size: int = DEFAULT_MAX_P
             f"a {envelope.type} envelope on a {parsed.kind.value} topic (expected {expected})",
             topic=str(parsed),
         )
+    check_seq(envelope, topic=str(parsed))
     return Inbound(parsed, envelope)
+
+
+def check_seq(envelope: Envelope, *, topic: str | None = None) -> None:
+    """Only durable telemetry takes a seq: a receiver acknowledges a seq once it has stored the
+    message, and stores telemetry only, so a seq elsewhere could be neither acknowledged truthfully
+    nor told apart from a lost message."""
+    if envelope.seq is not None and envelope.type != "telemetry":
+        raise ProtocolError(
+            "unexpected-seq", f"a {envelope.type} envelope carries a seq (only telemetry does)", topic=topic
+        )

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import paho.mqtt.client as paho
 import yaml
@@ -75,10 +76,12 @@ def device(
     resend_after_s: float = 1.0,
     data_dir: Path | None = None,
     reported_interval_s: float = 5,
+    best_effort_hz: float = 0,
 ) -> Program:
     """A device process; with `batch` 1 each sample is its own message (rate_hz messages a second).
     With `fleet_keys` (public key files) it verifies and runs signed commands. Its data is in
-    `data_dir`, by default `tmp`/`name`."""
+    `data_dir`, by default `tmp`/`name`. With `best_effort_hz` it also sends a best-effort stream,
+    "temp", one sample a message."""
     config = tmp / f"{name}.yaml"
     settings: dict[str, object] = {
         "fleet": FLEET,
@@ -97,6 +100,9 @@ def device(
     }
     if fleet_keys:
         settings["fleet_keys"] = [str(key) for key in fleet_keys]
+    if best_effort_hz:
+        temp = {"stream": "temp", "rate_hz": best_effort_hz, "best_effort": True, "batch": {"max_samples": 1}}
+        settings["sensors"] = [*cast(list[object], settings["sensors"]), temp]
     config.write_text(yaml.safe_dump(settings))
     argv = [sys.executable, "-m", "edgekernel", "device", "run", "--config", str(config)]
     return Program(name, argv, tmp / f"{name}.log")
@@ -200,8 +206,8 @@ def more_than_now(tmp: Path, names: list[str], more: int) -> dict[str, int]:
 
 
 def stored(tmp: Path, device_name: str) -> list[tuple[int, float]]:
-    """(seq, ts) of every message the gateway stored for a device, by seq."""
-    query = "SELECT seq, ts FROM messages WHERE device = ? ORDER BY seq"
+    """(seq, ts) of every durable message the gateway stored for a device, by seq."""
+    query = "SELECT seq, ts FROM messages WHERE device = ? AND seq IS NOT NULL ORDER BY seq"
     found = rows(tmp / "store.db", query, (device_name,))
     return [(int(seq), float(ts)) for seq, ts in found]
 
@@ -285,7 +291,8 @@ class AckWatcher:
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         try:
             envelope = decode(bytes(msg.payload))
-            ranges = AckBody.from_envelope(envelope).ranges
+            ack = AckBody.from_envelope(envelope)
+            ranges = ack.ranges
         except ProtocolError as err:
             with self._lock:
                 self.errors.append(f"bad ack on {msg.topic}: {err}")
@@ -293,7 +300,7 @@ class AckWatcher:
         device_name = topics.parse(msg.topic).device
         seqs = frozenset(seq for first, last in ranges for seq in range(first, last + 1))
         try:
-            missing = seqs - self._stored_now(device_name, min(seqs), max(seqs))
+            missing = seqs - self._stored_now(device_name, ack.seq_space, min(seqs), max(seqs))
         except sqlite3.Error as err:
             with self._lock:
                 self.errors.append(f"cannot read the store at an ack on {msg.topic}: {err}")
@@ -303,13 +310,14 @@ class AckWatcher:
                 SeenAck(time.monotonic(), time.time(), envelope.src, device_name, seqs, frozenset(missing))
             )
 
-    def _stored_now(self, device_name: str, first: int, last: int) -> set[int]:
+    def _stored_now(self, device_name: str, epoch: int, first: int, last: int) -> set[int]:
         if self._db is None:
             self._db = sqlite3.connect(
                 f"file:{self.store}?mode=ro", uri=True, timeout=30, check_same_thread=False
             )
         rows = self._db.execute(
-            "SELECT seq FROM messages WHERE device = ? AND seq BETWEEN ? AND ?", (device_name, first, last)
+            "SELECT seq FROM messages WHERE device = ? AND epoch = ? AND seq BETWEEN ? AND ?",
+            (device_name, epoch, first, last),
         )
         return {seq for (seq,) in rows}
 

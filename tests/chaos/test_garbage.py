@@ -212,11 +212,21 @@ def generic(kind: TopicKind, dev: str, other: str) -> list[tuple[str, bytes, str
 
 def bodies(kind: TopicKind, dev: str) -> list[tuple[str, bytes, str | None]]:
     """Well-formed envelopes whose body does not fit the topic."""
-    batch = TelemetryBody(stream=STREAM, samples=[Sample(ts=1.0, value=1.0)])
-    other_stream = TelemetryBody(stream="other", samples=[Sample(ts=1.0, value=1.0)])
+    batch = TelemetryBody(stream=STREAM, samples=[Sample(ts=1.7e9, value=1.0)])
+    other_stream = TelemetryBody(stream="other", samples=[Sample(ts=1.7e9, value=1.0)])
     table: dict[TopicKind, list[tuple[str, bytes, str | None]]] = {
         TopicKind.STATUS: [
-            ("status of the wrong shape", as_json(fields(kind, dev, body={"online": "yes"})), "bad-body")
+            ("status of the wrong shape", as_json(fields(kind, dev, body={"online": "yes"})), "bad-body"),
+            (
+                "status with a seq",
+                as_json(fields(kind, dev, seq=1, body={"online": True, "boot": 1})),
+                "unexpected-seq",
+            ),
+            (
+                "status from 1970",
+                as_json(fields(kind, dev, ts=0.0, body={"online": True, "boot": 1})),
+                "bad-ts",
+            ),
         ],
         TopicKind.REPORTED: [
             ("reported of the wrong shape", as_json(fields(kind, dev, body={"cores": 0})), "bad-body")
@@ -228,7 +238,28 @@ def bodies(kind: TopicKind, dev: str) -> list[tuple[str, bytes, str | None]]:
                 "bad-body",
             ),
             ("another stream's batch", encode(other_stream.to_envelope(dev, seq=FAR_SEQ)), "stream-mismatch"),
-            ("telemetry without seq", encode(batch.to_envelope(dev)), "no-seq"),
+            ("forged seq 2**63-1", encode(batch.to_envelope(dev, seq=2**63 - 1)), "seq-jump"),
+            (
+                "forged seq 2**63-1 in an epoch",
+                encode(batch.to_envelope(dev, seq=2**63 - 1, epoch=5)),
+                "seq-jump",
+            ),
+            ("envelope ts 1e15", encode(batch.to_envelope(dev, seq=FAR_SEQ, ts=1e15)), "bad-ts"),
+            ("envelope ts 0", encode(batch.to_envelope(dev, seq=FAR_SEQ, ts=0.0)), "bad-ts"),
+            (
+                "sample ts 1e300",
+                encode(
+                    TelemetryBody(stream=STREAM, samples=[Sample(ts=1e300, value=1.0)]).to_envelope(
+                        dev, seq=3
+                    )
+                ),
+                "bad-ts",
+            ),
+            (
+                "an epoch without a seq",
+                as_json(fields(kind, dev, epoch=5, body=batch.to_body())),
+                "bad-envelope",
+            ),
         ],
         TopicKind.DESIRED: [
             ("no generation", as_json(fields(kind, dev, body={"agents": []})), "bad-body"),
@@ -429,7 +460,7 @@ async def garbage_on_every_topic(attacker: Attacker) -> None:
             attacker.expected.dropped[f"ek-{FLEET}-dev-1"] += 1
     # topics that are not topics of the contract; the payload is fine, and would break exactly-once
     payload = encode(
-        TelemetryBody(stream=STREAM, samples=[Sample(ts=1.0, value=1.0)]).to_envelope("dev-1", seq=FAR_SEQ)
+        TelemetryBody(stream=STREAM, samples=[Sample(ts=1.7e9, value=1.0)]).to_envelope("dev-1", seq=FAR_SEQ)
     )
     for case, topic, reason in malformed_topics():
         await attacker.send(f"topic: {case}", topic, payload, GATEWAY, reason)

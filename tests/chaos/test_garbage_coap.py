@@ -128,7 +128,18 @@ def gateway_cases() -> list[Case]:
             "4.00",
             "wrong-type",
         ),
-        ("telemetry without seq", "POST", "/ingest", j(telemetry()), 50, "4.00", "no-seq"),
+        (
+            "status with a seq",
+            "POST",
+            "/ingest",
+            j(envelope(type="status", seq=1, body={})),
+            50,
+            "4.00",
+            "seq",
+        ),
+        ("forged seq 2**63-1", "POST", "/ingest", j(telemetry(seq=2**63 - 1)), 50, "4.00", "seq-jump"),
+        ("envelope ts 0", "POST", "/ingest", j(telemetry(seq=7, ts=0.0)), 50, "4.00", "bad-ts"),
+        ("envelope ts 1e15", "POST", "/ingest", j(telemetry(seq=7, ts=1e15)), 50, "4.00", "bad-ts"),
         ("negative seq", "POST", "/ingest", j(telemetry(seq=-1)), 50, "4.00", ""),
         (
             "NaN in a sample",
@@ -290,4 +301,4 @@ def test_garbage_on_every_coap_resource_is_refused_and_the_stream_flows(
     assert check_exactly_once(tmp_path, "dev-1") > 30
     with sqlite3.connect(tmp_path / "store.db") as db:
         reasons = {r for (r,) in db.execute("SELECT reason FROM rejected WHERE topic = 'coap:/ingest'")}
-    assert {"bad-envelope", "wrong-type", "no-seq", "wrong-format"} <= reasons
+    assert {"bad-envelope", "wrong-type", "unexpected-seq", "seq-jump", "bad-ts", "wrong-format"} <= reasons

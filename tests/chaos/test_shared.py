@@ -206,8 +206,8 @@ def test_a_message_sent_twice_is_stored_once_and_both_gateways_acknowledge_it(
     sender.loop_start()
 
     def send(seq: int, copies: int = 1) -> None:
-        body = TelemetryBody(stream="vibration", samples=[Sample(ts=1000.0 + seq, value=float(seq))])
-        payload = encode(body.to_envelope("dev-9", seq=seq, ts=1000.0 + seq))
+        body = TelemetryBody(stream="vibration", samples=[Sample(ts=1.7e9 + seq, value=float(seq))])
+        payload = encode(body.to_envelope("dev-9", seq=seq, ts=1.7e9 + seq))
         for _ in range(copies):
             sender.publish(topics.telemetry(FLEET, "dev-9", "vibration"), payload, qos=1)
 

@@ -134,8 +134,8 @@ def test_demo_prints_fleet_call_and_device_stats_lines_that_work(tmp_path: Path)
         )
 
     try:
-        call = poll(lambda: printed("call"), timeout=60, what="the printed `fleet call` line")
-        stats = poll(lambda: printed("stats"), timeout=5, what="the printed `device stats` line")
+        call = wait_until(lambda: printed("call"), "the printed `fleet call` line", timeout=60)
+        stats = wait_until(lambda: printed("stats"), "the printed `device stats` line", timeout=30)
         assert call[:3] == ["edgekernel", "fleet", "call"]
         assert stats[:3] == ["edgekernel", "device", "stats"]
 
@@ -143,9 +143,9 @@ def test_demo_prints_fleet_call_and_device_stats_lines_that_work(tmp_path: Path)
             done = run(argv)
             return done if done.returncode == 0 else None
 
-        pong = poll(lambda: answered([*call, "--json"]), timeout=60, what="dev-01 answering ping")
+        pong = wait_until(lambda: answered([*call, "--json"]), "dev-01 answering ping", timeout=120)
         assert json.loads(pong.stdout)["result"]["pong"] is True
-        table = poll(lambda: answered(stats), timeout=30, what="dev-01 answering stats")
+        table = wait_until(lambda: answered(stats), "dev-01 answering stats", timeout=120)
         assert "backlog" in table.stdout
         assert "no-keys" not in table.stdout + table.stderr
     finally:

@@ -86,7 +86,7 @@ async def serving(store: FakeStore | None = None, **options: Any) -> AsyncIterat
 
 
 def telemetry(seq: int | None, n: int = 1, device: str = "dev-1", stream: str = "temp") -> Envelope:
-    body = TelemetryBody(stream=stream, samples=[Sample(ts=1000.0 + i, value=float(i)) for i in range(n)])
+    body = TelemetryBody(stream=stream, samples=[Sample(ts=1.7e9 + i, value=float(i)) for i in range(n)])
     return body.to_envelope(device, seq=seq)
 
 
@@ -327,7 +327,12 @@ def test_ingest_acknowledges_the_stored_seq_ranges() -> None:
         (b"\xff\x00garbage", 60, "4.00", "bad-cbor"),
         (b"{not json", 50, "4.00", "bad-envelope"),
         (b"", 60, "4.00", "empty"),
-        (encode(telemetry(None)), 50, "4.00", "no-seq: telemetry must carry a seq"),
+        (
+            encode(StatusBody(online=True, boot=1).to_envelope("dev-1", seq=4)),
+            50,
+            "4.00",
+            "unexpected-seq: a status envelope carries a seq",
+        ),
         (encode(telemetry(1), Encoding.CBOR), 50, "4.00", "wrong-format: the payload is not JSON"),
         (encode(AckBody(ranges=[[1, 1]]).to_envelope("gw")), 50, "4.00", "wrong-type"),
         (encode(Envelope.new(src="dev-1", type="telemetry", body={"x": 1}, seq=1)), 50, "4.00", "bad-body"),

@@ -14,7 +14,8 @@ from edgekernel.config.models import BatchConfig, ReconnectConfig, SensorConfig,
 from edgekernel.device.datasets import split
 from edgekernel.device.kernel import Kernel
 from edgekernel.link import Message, Mosquitto, MqttSession
-from edgekernel.protocol import ReportedBody, StatusBody, TelemetryBody, decode, topics
+from edgekernel.protocol import ReportedBody, StatusBody, TelemetryBody, decode, encode, topics
+from edgekernel.protocol.bodies import AckBody
 
 from .helpers import Collector, wait_until
 
@@ -56,19 +57,22 @@ async def run_for(kernel: Kernel, seconds: float, seen: Collector) -> None:
 
 
 def telemetry_seqs(messages: list[Message]) -> list[int]:
-    seqs = []
+    """The seqs of the durable telemetry (`vibration`), all in one seq space; the best-effort stream
+    (`temp`, QoS 0, never kept) has none."""
+    seqs, epochs = [], set()
     for message in messages:
         if "/telemetry/" in message.topic:
             envelope = decode(message.payload)
             TelemetryBody.from_envelope(envelope)
+            if message.topic.endswith("/temp"):
+                assert (envelope.seq, envelope.epoch) == (None, None)
+                continue
             assert envelope.seq is not None
+            assert envelope.epoch is not None
             seqs.append(envelope.seq)
+            epochs.add(envelope.epoch)
+    assert len(epochs) <= 1
     return seqs
-
-
-def durable_flags(messages: list[Message]) -> list[bool]:
-    """The test device's `temp` stream is best effort (QoS 0, never kept); `vibration` is durable."""
-    return [not m.topic.endswith("/temp") for m in messages]
 
 
 def statuses(messages: list[Message]) -> list[StatusBody]:
@@ -93,6 +97,7 @@ def test_device_announces_itself_reports_and_publishes_batched_telemetry(
             assert body.labels == {"site": "lab"}
             seqs = telemetry_seqs(seen.messages)
             assert seqs == list(range(1, len(seqs) + 1))
+            assert any(m.topic.endswith("/telemetry/temp") for m in seen.messages)
             vib = [decode(m.payload) for m in seen.on(topics.telemetry(FLEET, "dev-1", "vibration"))]
             assert all(len(TelemetryBody.from_envelope(e).samples) <= 20 for e in vib)
             assert sum(len(TelemetryBody.from_envelope(e).samples) for e in vib) >= 150
@@ -105,14 +110,14 @@ def test_seq_and_boot_survive_a_restart(broker: Mosquitto, tmp_path: Path) -> No
         async with Collector(broker.url, f"ek/v1/{FLEET}/#") as seen:
             await run_for(Kernel(device_config(broker, tmp_path)), 0.3, seen)
             before = telemetry_seqs(seen.messages)
-            before_messages = [m for m in seen.messages if "/telemetry/" in m.topic]
+            before_messages = list(seen.messages)
             seen.messages.clear()
             await run_for(Kernel(device_config(broker, tmp_path)), 0.3, seen)
+            after = telemetry_seqs(seen.messages + before_messages)  # one seq space across the restart
             after = telemetry_seqs(seen.messages)
             new = [seq for seq in after if seq > max(before)]
             assert new == list(range(max(before) + 1, max(before) + 1 + len(new)))
-            durable_before = [seq for seq, m in zip(before, durable_flags(before_messages), strict=True) if m]
-            assert set(durable_before) <= set(after)  # no gateway acknowledged them: sent again
+            assert set(before) <= set(after)  # no gateway acknowledged them: sent again
             assert statuses(seen.messages)[0].boot == 2
 
     asyncio.run(scenario())
@@ -219,6 +224,31 @@ def test_kernel_serves_its_models_and_reports_them(broker: Mosquitto, tmp_path: 
         assert body.inference.completed == 1
         assert body.backlog is not None
         assert body.backlog.dropped == 0
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+
+
+def test_an_ack_for_another_seq_space_frees_nothing(broker: Mosquitto, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        kernel = Kernel(device_config(broker, tmp_path))
+        stop = asyncio.Event()
+        task = asyncio.create_task(kernel.run(stop))
+        await kernel.session.wait_connected(10)
+        await wait_until(lambda: kernel.outbox.stats().pending >= 3, what="three messages held")
+        stats = kernel.outbox.stats()
+        assert stats.epoch == kernel.outbox.epoch != 0
+        everything = [[1, 10**6]]
+        async with MqttSession(BrokerConfig(url=broker.url), client_id="gw", persistent=False) as gw:
+            await gw.wait_connected(10)
+            old_space = AckBody(ranges=everything).to_envelope("gw")  # epoch 0: not this outbox's
+            await gw.publish(topics.ack(FLEET, "dev-1"), encode(old_space), qos=1)
+            await wait_until(lambda: kernel.counters["ack_other_epoch"] == 1, what="the ack refused")
+            assert kernel.outbox.stats().acked == 0
+            own = AckBody(ranges=everything, epoch=kernel.outbox.epoch).to_envelope("gw")
+            await gw.publish(topics.ack(FLEET, "dev-1"), encode(own), qos=1)
+            await wait_until(lambda: kernel.outbox.stats().acked >= 3, what="the ack applied")
         stop.set()
         await task
 

@@ -29,7 +29,7 @@ FLEET = "plant"
 def telemetry(
     device: str, seq: int, stream: str = "temp", n: int = 3, encoding: Encoding = Encoding.JSON
 ) -> bytes:
-    body = TelemetryBody(stream=stream, samples=[Sample(ts=1000.0 + i, value=float(i)) for i in range(n)])
+    body = TelemetryBody(stream=stream, samples=[Sample(ts=1.7e9 + i, value=float(i)) for i in range(n)])
     return encode(body.to_envelope(device, seq=seq), encoding)
 
 
@@ -92,7 +92,9 @@ def test_stores_samples_and_drops_duplicates(broker: Mosquitto, tmp_path: Path) 
 
 def test_multi_channel_samples_keep_their_fields(broker: Mosquitto, tmp_path: Path) -> None:
     async def scenario(gateway: Gateway, sender: MqttSession) -> None:
-        body = TelemetryBody(stream="accel", samples=[Sample(ts=1.0, value={"x": 0.1, "y": -0.2, "z": 9.8})])
+        body = TelemetryBody(
+            stream="accel", samples=[Sample(ts=1.7e9, value={"x": 0.1, "y": -0.2, "z": 9.8})]
+        )
         await sender.publish(
             topics.telemetry(FLEET, "dev-1", "accel"), encode(body.to_envelope("dev-1", seq=7)), qos=1
         )
@@ -127,16 +129,50 @@ BAD = [
         "bad-body",
     ),
     (
-        "no seq",
-        topics.telemetry(FLEET, "dev-1", "temp"),
-        encode(TelemetryBody(stream="temp", samples=[Sample(ts=1.0, value=1.0)]).to_envelope("dev-1")),
-        "no-seq",
-    ),
-    (
         "bad status",
         topics.status(FLEET, "dev-1"),
-        b'{"v":1,"id":"s","src":"dev-1","ts":1.0,"type":"status","body":{}}',
+        b'{"v":1,"id":"s","src":"dev-1","ts":1.7e9,"type":"status","body":{}}',
         "bad-body",
+    ),
+    (
+        "seq on a status",
+        topics.status(FLEET, "dev-1"),
+        b'{"v":1,"id":"s","src":"dev-1","seq":3,"ts":1.7e9,"type":"status","body":{"online":true,"boot":1}}',
+        "unexpected-seq",
+    ),
+    (
+        "forged seq 2**63-1",
+        topics.telemetry(FLEET, "dev-1", "temp"),
+        encode(
+            TelemetryBody(stream="temp", samples=[Sample(ts=1.7e9, value=1.0)]).to_envelope(
+                "dev-1", seq=2**63 - 1
+            )
+        ),
+        "seq-jump",
+    ),
+    (
+        "envelope ts 1e15",
+        topics.telemetry(FLEET, "dev-1", "temp"),
+        encode(
+            TelemetryBody(stream="temp", samples=[Sample(ts=1.7e9, value=1.0)]).to_envelope(
+                "dev-1", seq=3, ts=1e15
+            )
+        ),
+        "bad-ts",
+    ),
+    (
+        "envelope ts 0",
+        topics.status(FLEET, "dev-1"),
+        encode(StatusBody(online=True, boot=1).to_envelope("dev-1", ts=0.0)),
+        "bad-ts",
+    ),
+    (
+        "sample ts 1e300",
+        topics.telemetry(FLEET, "dev-1", "temp"),
+        encode(
+            TelemetryBody(stream="temp", samples=[Sample(ts=1e300, value=1.0)]).to_envelope("dev-1", seq=3)
+        ),
+        "bad-ts",
     ),
 ]
 

@@ -107,13 +107,39 @@ def test_seq_survives_reopen_after_drops(path: Path) -> None:
     assert run(second) == (11, [8, 9, 10, 11])
 
 
-def test_after_seq_sets_a_floor_and_never_lowers_the_high_water_mark(path: Path) -> None:
-    async def put_one(after: int) -> int:
-        async with Outbox(path, cfg(), after_seq=after) as outbox:
-            return await outbox.put("t", b"x")
+async def _epoch_and_seq(path: Path) -> tuple[int, bool, int]:
+    async with Outbox(path, cfg()) as outbox:
+        return outbox.epoch, outbox.new_epoch, await outbox.put("t", b"x")
 
-    assert run(lambda: put_one(100)) == 101
-    assert run(lambda: put_one(3)) == 102
+
+def test_an_empty_file_starts_a_new_seq_space_that_survives_restarts(path: Path) -> None:
+    epoch, new, seq = run(lambda: _epoch_and_seq(path))
+    assert (new, seq) == (True, 1)
+    assert 1 <= epoch <= 2**63 - 1
+    assert run(lambda: _epoch_and_seq(path)) == (epoch, False, 2)
+
+
+@pytest.mark.parametrize("how", ["moved aside", "truncated"])
+def test_a_reset_outbox_starts_again_at_1_in_another_epoch(path: Path, how: str) -> None:
+    first, _, _ = run(lambda: _epoch_and_seq(path))
+    if how == "truncated":
+        path.write_bytes(b"")
+    else:
+        path.rename(path.with_suffix(".aside"))
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    second, new, seq = run(lambda: _epoch_and_seq(path))
+    assert (new, seq) == (True, 1)
+    assert second != first
+
+
+def test_a_file_from_before_epochs_stays_in_epoch_0(path: Path) -> None:
+    run(lambda: _epoch_and_seq(path))
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM meta WHERE key = 'epoch'")
+    db.close()
+    assert run(lambda: _epoch_and_seq(path)) == (0, False, 2)
+    assert run(lambda: _epoch_and_seq(path)) == (0, False, 3)
 
 
 def test_a_failing_payload_factory_takes_no_seq(path: Path) -> None:
@@ -754,17 +780,3 @@ async def _play(path: Path, policy: str, ops: list[tuple[Any, ...]]) -> None:
 def test_pending_set_always_equals_a_simple_model(policy: str, ops: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(_play(Path(tmp) / "outbox.db", policy, ops))
-
-
-def test_reserve_takes_a_seq_in_the_same_space_and_keeps_no_row(path: Path) -> None:
-    async def main() -> tuple[list[int], list[int], int]:
-        async with Outbox(path, cfg()) as outbox:
-            seqs = [await outbox.put("t", b"a"), await outbox.reserve(), await outbox.put("t", b"b")]
-            kept = [m.seq for m in await everything(outbox)]
-        async with Outbox(path, cfg()) as outbox:
-            return seqs, kept, await outbox.reserve()
-
-    seqs, kept, after = run(main)
-    assert seqs == [1, 2, 3]
-    assert kept == [1, 3]
-    assert after == 4  # the reserved seq was committed as the high-water mark

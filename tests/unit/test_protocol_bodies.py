@@ -21,10 +21,14 @@ from edgekernel.protocol import (
     Sample,
     StatusBody,
     TelemetryBody,
+    check_seq,
+    check_times,
     decode,
     encode,
+    inbound,
 )
-from edgekernel.protocol.bodies import MAX_SAMPLES
+from edgekernel.protocol.bodies import MAX_SAMPLES, AckBody
+from edgekernel.protocol.times import EARLIEST_TS
 
 BODIES: list[type[StatusBody | TelemetryBody | ReportedBody]] = [StatusBody, TelemetryBody, ReportedBody]
 
@@ -259,3 +263,62 @@ def test_valid_bodies_with_fields_replaced_raise_only_protocol_error(
         body["samples"][0] = data.draw(st.dictionaries(sample_keys, json_values), label="sample")
     cls = type(valid)
     assert from_envelope_outcome(cls, envelope(cls.ENVELOPE_TYPE, body)) in {"bad-body", cls.__name__}
+
+
+# --- acks name their seq space, times are bounded, only telemetry takes a seq -----------------------
+
+seq_sets = st.sets(st.integers(0, 2**63 - 1), min_size=1, max_size=50)
+epochs = st.integers(0, 2**63 - 1)
+
+
+@given(seqs=seq_sets, epoch=epochs, encoding=st.sampled_from(Encoding))
+def test_acks_round_trip_with_their_epoch(seqs: set[int], epoch: int, encoding: Encoding) -> None:
+    [ack] = AckBody.split(seqs, epoch)
+    back = AckBody.from_envelope(decode(encode(ack.to_envelope("gw"), encoding)))
+    assert (set(back.seqs()), back.seq_space) == (seqs, epoch)
+    assert ("epoch" in ack.to_body()) == (epoch != 0)  # devices from before epochs read epoch 0 acks
+
+
+@pytest.mark.parametrize("epoch", [0, -1, 2**63, 1.5, True, "1"])
+def test_an_ack_with_a_bad_epoch_is_refused(epoch: object) -> None:
+    env = envelope("ack", {"ranges": [[1, 2]], "epoch": epoch})
+    with pytest.raises(ProtocolError, match="epoch"):
+        AckBody.from_envelope(env)
+
+
+NOW = 1_800_000_000.0
+
+
+@given(
+    ts=st.floats(allow_nan=False, allow_infinity=False),
+    sample_ts=st.floats(allow_nan=False, allow_infinity=False),
+)
+def test_times_outside_2000_to_now_plus_skew_are_refused(ts: float, sample_ts: float) -> None:
+    env = Envelope.new(src="d", type="telemetry", body={}, seq=1, ts=abs(ts))
+    good = EARLIEST_TS <= abs(ts) <= NOW + 600 and EARLIEST_TS <= sample_ts <= NOW + 600
+    if good:
+        check_times(env, [NOW, sample_ts], now=NOW, skew_s=600)
+    else:
+        with pytest.raises(ProtocolError, match="ts") as info:
+            check_times(env, [NOW, sample_ts], now=NOW, skew_s=600)
+        assert info.value.reason == "bad-ts"
+
+
+@pytest.mark.parametrize(
+    ("ts", "sample_ts", "says"),
+    [(0.0, NOW, "envelope ts 0.0 is before 2000"), (1e15, NOW, "envelope ts"), (NOW, 1e300, "sample 0 ts")],
+)
+def test_bad_times_are_named(ts: float, sample_ts: float, says: str) -> None:
+    env = Envelope.new(src="d", type="telemetry", body={}, seq=1, ts=ts)
+    with pytest.raises(ProtocolError, match=says):
+        check_times(env, [sample_ts], now=NOW)
+
+
+@pytest.mark.parametrize("kind", ["status", "reported", "events/alarm", "log"])
+def test_only_telemetry_takes_a_seq(kind: str) -> None:
+    type_ = {"events/alarm": "event"}.get(kind, kind)
+    env = Envelope.new(src="dev-1", type=type_, body={}, seq=3)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError) as info:
+        inbound(f"ek/v1/f/dev-1/{kind}", encode(env))
+    assert info.value.reason == "unexpected-seq"
+    check_seq(Envelope.new(src="dev-1", type="telemetry", body={}, seq=3, epoch=9))

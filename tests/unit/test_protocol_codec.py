@@ -35,11 +35,14 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=25,
 )
+seq_and_epoch = st.just((None, None)) | st.tuples(
+    st.integers(0, 2**63 - 1), st.none() | st.integers(1, 2**63 - 1)
+)
 envelopes = st.builds(
-    Envelope,
+    lambda seq_epoch, **fields: Envelope(seq=seq_epoch[0], epoch=seq_epoch[1], **fields),
+    seq_and_epoch,
     id=message_ids,
     src=ids,
-    seq=st.none() | st.integers(0, 2**63 - 1),
     ts=st.floats(min_value=0, allow_nan=False, allow_infinity=False),
     type=st.sampled_from(get_args(MessageType)),
     body=st.dictionaries(st.text(), json_values, max_size=6),
@@ -87,7 +90,7 @@ def envelope_shaped(draw: st.DrawFn, values: st.SearchStrategy[Any]) -> dict[Any
     arbitrary values, so the fuzzing gets past "field required" into each validator."""
     fields: dict[Any, Any] = draw(st.fixed_dictionaries(VALID_FIELDS))
     fields["body"] = draw(st.dictionaries(st.text(max_size=8), values, max_size=4))
-    for key in draw(st.sets(st.sampled_from([*VALID_FIELDS, "body", "seq", "extra"]), max_size=2)):
+    for key in draw(st.sets(st.sampled_from([*VALID_FIELDS, "body", "seq", "epoch", "extra"]), max_size=2)):
         fields[key] = draw(values)
     return fields
 
@@ -160,6 +163,7 @@ def test_json_is_what_json_loads_reads(envelope: Envelope) -> None:
     data = json.loads(payload.decode("utf-8"))
     assert data == envelope.model_dump(exclude_none=True) | {"body": envelope.body}
     assert ("seq" in data) == (envelope.seq is not None)
+    assert ("epoch" in data) == (envelope.epoch is not None)
 
 
 @given(envelope=envelopes)
@@ -444,3 +448,31 @@ def test_many_problems_are_summarised() -> None:
 )
 def test_broken_text_is_refused(payload: bytes) -> None:
     assert reason(payload) in {"bad-envelope", "bad-cbor"}
+
+
+# --- seq spaces ---------------------------------------------------------------------------------
+
+
+def test_an_envelope_without_epoch_is_in_epoch_0_and_epoch_0_is_never_written() -> None:
+    old = decode(as_json(valid_fields(type="telemetry", seq=5)))
+    assert (old.epoch, old.seq_space) == (None, 0)
+    assert b"epoch" not in encode(Envelope.new(src="d", type="telemetry", body={}, seq=1, epoch=0))
+    new = Envelope.new(src="d", type="telemetry", body={}, seq=1, epoch=2**63 - 1)
+    assert decode(encode(new, Encoding.CBOR)).seq_space == 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"epoch": 0, "seq": 1}, "epoch"),
+        ({"epoch": 2**63, "seq": 1}, "epoch"),
+        ({"epoch": -1, "seq": 1}, "epoch"),
+        ({"epoch": 1.0, "seq": 1}, "epoch"),
+        ({"epoch": True, "seq": 1}, "epoch"),
+        ({"epoch": 7}, "envelope"),  # an epoch without a seq names nothing
+    ],
+)
+@pytest.mark.parametrize("serialize", [as_json, cbor2.dumps])
+def test_bad_epochs_are_refused(changes: dict[str, Any], field: str, serialize: Serializer) -> None:
+    with pytest.raises(ProtocolError, match=named(field) if field != "envelope" else "epoch names a seq"):
+        decode(serialize(valid_fields(**changes)))

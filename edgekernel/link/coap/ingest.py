@@ -2,10 +2,11 @@
 
 The envelope is decoded by `edgekernel.protocol` (size limit first) and checked as if it had arrived
 on its MQTT topic: a device-to-gateway type, a valid body for status, reported and telemetry, and a seq
-on telemetry. The handler returns once the envelope is stored, with the seq ranges the gateway holds
-(an `AckBody`, sent back in a 2.04 Changed as ``{"ranges": [[first, last], ...]}``) or None for an
-envelope that is not acknowledged (one without a seq); the device then frees those rows of its outbox,
-just as it does on an ``…/ack`` message over MQTT.
+on nothing but telemetry (best-effort telemetry has none). The handler returns once the envelope is
+stored, with the seq ranges the gateway holds (an `AckBody`, sent back in a 2.04 Changed as
+``{"ranges": [[first, last], ...], "epoch": …}``) or None for an envelope that is not acknowledged
+(one without a seq); the device then frees those rows of its outbox, just as it does on an ``…/ack``
+message over MQTT.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from edgekernel.protocol import (
     ReportedBody,
     StatusBody,
     TelemetryBody,
+    check_seq,
     decode,
 )
 from edgekernel.protocol.bodies import AckBody
@@ -41,10 +43,9 @@ def check_ingest(envelope: Envelope) -> None:
     if envelope.type not in FROM_DEVICE:
         allowed = ", ".join(sorted(FROM_DEVICE))
         raise ProtocolError("wrong-type", f"a {envelope.type} envelope is not for a gateway ({allowed})")
+    check_seq(envelope)
     if envelope.type == "telemetry":
         TelemetryBody.from_envelope(envelope)
-        if envelope.seq is None:
-            raise ProtocolError("no-seq", "telemetry must carry a seq")
     elif envelope.type == "status":
         StatusBody.from_envelope(envelope)
     elif envelope.type == "reported":
