@@ -185,7 +185,7 @@ def test_a_full_database_refuses_puts_with_a_counted_reason_and_resumes_after_ac
 def test_acks_go_through_when_the_puts_they_were_batched_with_do_not_fit(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    file = OutboxFile(path, cfg(), 0)
+    file = OutboxFile(path, cfg())
     file.open()
     assert file._db is not None
     file._db.execute("PRAGMA max_page_count=30")
