@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,13 +134,32 @@ class WriteResult:
     new_epochs: tuple[NewEpoch, ...] = ()
 
 
+OPEN_WAIT_S = 30.0  # several gateway processes open one store at once; the others wait this long
+
+
+def _while_locked(step: Callable[[], object]) -> None:
+    """Run `step`, retrying while another connection holds the lock: switching to WAL reports
+    SQLITE_BUSY at once, without waiting on the connection's busy timeout."""
+    deadline = time.monotonic() + OPEN_WAIT_S
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=OPEN_WAIT_S
+            )
+            _while_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
             try:

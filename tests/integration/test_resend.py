@@ -30,7 +30,8 @@ RESEND_AFTER_S = 1.0
 class SlowAcker:
     """A gateway that stores nothing and acknowledges at most `per_tick` messages every 0.1 s, in the
     order they came (the real gateway is faster than the device here; this one is slower on purpose).
-    `paused` holds the acknowledgements back; seqs in `skip_once` are not acknowledged the first time."""
+    `paused` holds the acknowledgements back; seqs in `skip_once` are not acknowledged the first time.
+    Acks name the seq space (epoch) the messages came in, as the gateway's do."""
 
     def __init__(self, broker: Mosquitto, per_tick: int) -> None:
         self.session = MqttSession(
@@ -44,6 +45,7 @@ class SlowAcker:
         self.skip_once: set[int] = set()
         self._waiting: list[int] = []
         self._acked: set[int] = set()
+        self._epoch = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         self.session.start()
@@ -55,15 +57,17 @@ class SlowAcker:
                 continue
             now, self._waiting = self._waiting[: self.per_tick], self._waiting[self.per_tick :]
             self._acked.update(now)
-            ack = AckBody.of(sorted(set(now)))
+            ack = AckBody.of(sorted(set(now)), epoch=self._epoch)
             self.session.publish_nowait(topics.ack(FLEET, DEVICE), encode(ack.to_envelope("gw")), qos=1)
         receiver.cancel()
         await self.session.close()
 
     async def _receive(self) -> None:
         async for message in self.session.messages():
-            seq = decode(message.payload).seq
+            envelope = decode(message.payload)
+            seq = envelope.seq
             assert seq is not None
+            self._epoch = envelope.epoch or 0
             self.received[seq] += 1
             if seq in self.skip_once:
                 self.skip_once.discard(seq)
@@ -87,7 +91,9 @@ async def fill(cfg: DeviceConfig, count: int) -> None:
     async with Outbox(cfg.data_dir / "outbox.db", cfg.outbox) as outbox:
         for _ in range(count):
             body = TelemetryBody(stream="vibration", samples=[Sample(ts=time.time(), value=0.5)])
-            await outbox.put(topic, lambda seq, body=body: encode(body.to_envelope(DEVICE, seq=seq)))
+            await outbox.put(
+                topic, lambda seq, body=body: encode(body.to_envelope(DEVICE, seq=seq, epoch=outbox.epoch))
+            )
 
 
 async def drain(kernel: Kernel, acker: SlowAcker, during: float = 0.0) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,35 @@ def test_a_store_from_before_epochs_is_moved_to_epoch_0(tmp_path: Path) -> None:
             (1, 1, 0.2),
         ]
     db.close()
+
+
+def test_a_store_held_locked_longer_than_sqlites_busy_timeout_still_opens(tmp_path: Path) -> None:
+    """Gateway processes sharing one store open it while another writes: they wait, not fail."""
+    path = tmp_path / "store.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(6.0, lambda: holder.execute("COMMIT"))  # longer than sqlite's default 5 s
+    release.start()
+    try:
+        Store(path).close()
+    finally:
+        release.join()
+        holder.close()
+
+
+def test_many_processes_opening_a_new_store_at_once_all_open_it(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    errors: list[StoreError] = []
+
+    def open_it() -> None:
+        try:
+            Store(path).close()
+        except StoreError as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=open_it) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

@@ -134,33 +134,38 @@ def test_lru_eviction_order(tmp_path: Path) -> None:
 
 
 def test_hot_swap_under_load_fails_no_request(tmp_path: Path) -> None:
+    """Calls in flight during a swap finish on the version they leased; each caller, once it has seen
+    version 2, never sees version 1 again, and a call begun after the swap returns gets version 2."""
     v1 = spec(scale_model(tmp_path / "v1.onnx", 1.0), version="1")
     v2 = spec(scale_model(tmp_path / "v2.onnx", 2.0), version="2")
     mgr = manager(v1)
-    results: list[float] = []
+    per_caller: list[list[float]] = [[] for _ in range(4)]
     errors: list[BaseException] = []
     stop = threading.Event()
 
-    def caller() -> None:
+    def caller(results: list[float]) -> None:
         while not stop.is_set():
             try:
                 results.append(run(mgr, "scale", 1.0))
             except BaseException as err:
                 errors.append(err)
 
-    threads = [threading.Thread(target=caller) for _ in range(4)]
+    threads = [threading.Thread(target=caller, args=(results,)) for results in per_caller]
     for thread in threads:
         thread.start()
-    wait_until(lambda: 1.0 in results, "calls to version 1")
+    wait_until(lambda: all(1.0 in results for results in per_caller), "calls to version 1")
     info = mgr.swap(v2)
-    wait_until(lambda: 2.0 in results, "calls to version 2")
+    assert run(mgr, "scale", 1.0) == 2.0
+    wait_until(lambda: all(2.0 in results for results in per_caller), "calls to version 2")
     stop.set()
     for thread in threads:
         thread.join()
     assert errors == []
     assert info.version == "2"
-    assert set(results) == {1.0, 2.0}
-    assert results[-1] == 2.0
+    for results in per_caller:
+        switched = results.index(2.0)
+        assert set(results[:switched]) == {1.0}
+        assert set(results[switched:]) == {2.0}
     assert [i.version for i in mgr.stats().loaded] == ["2"]
     assert mgr.stats().swaps == 1
 
