@@ -461,8 +461,8 @@ class Kernel:
                 log.warning("refused ack: %s", err)
                 return
             self._free(ack)
-        elif topic.kind is TopicKind.CMD and self.commands is not None:
-            self._spawn(self.commands.handle(message, envelope))
+        elif topic.kind is TopicKind.CMD and self.commands is not None and topic.name is not None:
+            self._spawn(self.commands.handle(message, envelope, topic_name=topic.name))
 
     def _acked(self, ack: AckBody) -> None:
         """The gateway's answer to a CoAP post: the seq ranges it holds."""

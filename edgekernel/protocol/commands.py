@@ -411,8 +411,14 @@ class CommandVerifier:
         if evicted is not None:
             self._floor = max(self._floor, evicted)
 
-    def verify(self, envelope: Envelope, now: float | None = None) -> VerifiedCommand:
-        """The command, once every check has passed and its id is remembered; else `ProtocolError`."""
+    def verify(
+        self, envelope: Envelope, now: float | None = None, *, topic_name: str | None = None
+    ) -> VerifiedCommand:
+        """The command, once every check has passed and its id is remembered; else `ProtocolError`.
+
+        `topic_name` is the name in the ``…/cmd/{name}`` topic the command came on: the signed name
+        must be the same ("name-mismatch"), so that a topic's ACL or a subscriber's filter sees the
+        command that runs."""
         now = time.time() if now is None else now
         if envelope.type != "cmd":
             raise ProtocolError("wrong-type", f"expected a cmd envelope, got {envelope.type}")
@@ -422,6 +428,10 @@ class CommandVerifier:
         self._verifier.verify(body.key, _signature(body.sig), signing_payload(envelope))
         if body.device != self.device:
             raise ProtocolError("wrong-target", f"command {envelope.id} is for {body.device!r}")
+        if topic_name is not None and body.name != topic_name:
+            raise ProtocolError(
+                "name-mismatch", f"command {envelope.id} is {body.name!r} but came on …/cmd/{topic_name}"
+            )
         if body.expires_at - body.issued_at > self.max_ttl_s:
             raise ProtocolError("ttl-too-long", f"command {envelope.id} lives over {self.max_ttl_s:g} s")
         if body.issued_at - self.max_skew_s > now:

@@ -508,3 +508,13 @@ def test_cbor_maps_with_byte_strings_are_refused() -> None:
     data["body"]["name"] = b"ping"
     with pytest.raises(ProtocolError):
         gate().verify(decode(cbor2.dumps(data)), now=T0)
+
+
+def test_a_command_named_otherwise_than_its_topic_is_refused_and_not_remembered() -> None:
+    verifier = gate()
+    stats = command(name="stats")
+    with pytest.raises(ProtocolError) as caught:
+        verifier.verify(stats, now=T0, topic_name="ping")
+    assert caught.value.reason == "name-mismatch"
+    assert verifier.remembered == 0
+    assert verifier.verify(stats, now=T0, topic_name="stats").name == "stats"
