@@ -36,7 +36,7 @@ from edgekernel.device.scheduler.errors import (
     QuotaError,
     SchedulerClosedError,
 )
-from edgekernel.device.state import DeviceState
+from edgekernel.device.state import DataDirLock, DeviceState
 from edgekernel.device.telemetry import SensorStream
 from edgekernel.link import (
     Message,
@@ -90,6 +90,7 @@ class Kernel:
         self.config = config
         self.fleet = config.fleet
         self.device = config.device
+        self.lock = DataDirLock(config.data_dir)
         self.state = DeviceState(config.data_dir)
         self.counters: Counter[str] = Counter()
         self.desired_generation = 0
@@ -172,6 +173,7 @@ class Kernel:
             await self._run(stop)
         finally:
             logging.getLogger().removeHandler(log_handler)
+            self.lock.release()
 
     async def _run(self, stop: asyncio.Event) -> None:
         await asyncio.to_thread(self.inference.start)  # first: a model that cannot load stops the device

@@ -208,8 +208,20 @@ class FleetVerifier:
 
     @classmethod
     def load(cls, *paths: str | os.PathLike[str]) -> FleetVerifier:
-        """Read PEM files; `OSError` if one cannot be read, `ProtocolError` ("bad-key") if one is no key."""
-        return cls(Path(path).read_bytes() for path in paths)
+        """Read PEM files; `ProtocolError` naming the file if one cannot be read ("unreadable-key": missing,
+        a folder, no permission) or is no key ("bad-key")."""
+        verifier = cls()
+        for path in paths:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as err:
+                why = err.strerror or type(err).__name__
+                raise ProtocolError("unreadable-key", f"cannot read fleet key {path}: {why}") from None
+            try:
+                verifier.add(data)
+            except ProtocolError as err:
+                raise ProtocolError(err.reason, f"fleet key {path}: {err}") from None
+        return verifier
 
     def add(self, public_key: bytes) -> str:
         """Trust one more key; returns its key id."""
