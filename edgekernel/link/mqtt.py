@@ -4,7 +4,9 @@ paho's network thread does the I/O; every callback hands over to the asyncio loo
 ``call_soon_threadsafe`` and never blocks. The session keeps a persistent broker session
 (``clean_start=False`` with a session expiry), re-subscribes on every connect, publishes a birth
 message on every connect and arms a Last Will before every connect attempt, and reconnects with
-exponential backoff and jitter.
+exponential backoff and jitter. paho's own loop waits out the backoff (set before each wait with
+``reconnect_delay_set``): a wait inside a callback would run after paho stamped the attempt's start,
+and paho would take a backoff longer than the keepalive for a dead connection right after CONNECT.
 
     async with MqttSession(broker, client_id="demo-dev-01", subscriptions=[...]) as session:
         await session.wait_connected()
@@ -27,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -153,7 +155,7 @@ class MqttSession:
             client_id=self.client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
         )
-        client.reconnect_delay_set(0, 0)  # the backoff with jitter lives in _before_connect
+        client.reconnect_delay_set(0, 0)  # set before each of paho's waits by _schedule_retry
         client.max_queued_messages_set(0)
         if self.broker.username is not None:
             client.username_pw_set(self.broker.username, self._password())
@@ -382,16 +384,20 @@ class MqttSession:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(func, *args)
 
-    @_guarded
-    def _before_connect(self, client: paho.Client, userdata: object) -> None:
+    def _schedule_retry(self, client: paho.Client) -> None:
+        """After a failed attempt or a lost connection, before paho waits to try again: how long."""
         if self._connected_at is not None:
             # after a connection that held, start the backoff over; after one that was dropped at
             # once (say, another client took the session over) keep backing off
             stable = time.monotonic() - self._connected_at >= self.broker.reconnect.max_delay_s
             self._attempt = 1 if stable else self._attempt
             self._connected_at = None
-        if self._attempt > 0:
-            self._closing.wait(self._backoff(self._attempt))
+        delay = self._backoff(max(1, self._attempt))
+        # min = max: paho waits exactly this long (its hints say int; it waits any number of seconds)
+        client.reconnect_delay_set(cast(int, delay), cast(int, delay))
+
+    @_guarded
+    def _before_connect(self, client: paho.Client, userdata: object) -> None:
         if self._closing.is_set():  # close() ended the wait: no new connection (paho catches OSError)
             raise ConnectionAbortedError("session closed")
         self._attempt += 1
@@ -447,6 +453,7 @@ class MqttSession:
         # unreachable, TLS certificate or host name not verified)
         if self._closing.is_set():
             return
+        self._schedule_retry(client)
         err = sys.exc_info()[1]
         self.stats.connect_failures += 1
         self.stats.last_error = f"cannot reach {self.broker.url}" + (f": {err}" if err else "")
@@ -471,6 +478,8 @@ class MqttSession:
             self.stats.last_error = f"disconnected: {reason}"
             if not self._closing.is_set():
                 log.warning("%s: lost the connection to %s: %s", self.client_id, self.broker.url, reason)
+        if not self._closing.is_set():
+            self._schedule_retry(client)
         self._call(self._mark_connected, False)
 
     @_guarded

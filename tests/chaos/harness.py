@@ -77,18 +77,21 @@ def device(
     data_dir: Path | None = None,
     reported_interval_s: float = 5,
     best_effort_hz: float = 0,
+    keepalive_s: int | None = None,
+    reconnect: dict[str, float] | None = None,
 ) -> Program:
     """A device process; with `batch` 1 each sample is its own message (rate_hz messages a second).
     With `fleet_keys` (public key files) it verifies and runs signed commands. Its data is in
     `data_dir`, by default `tmp`/`name`. With `best_effort_hz` it also sends a best-effort stream,
-    "temp", one sample a message."""
+    "temp", one sample a message. `keepalive_s` and `reconnect` (ReconnectConfig's fields) replace
+    the broker settings' defaults (a quick reconnect)."""
     config = tmp / f"{name}.yaml"
     settings: dict[str, object] = {
         "fleet": FLEET,
         "device": name,
         "data_dir": str(data_dir or tmp / name),
         "reported_interval_s": reported_interval_s,
-        "broker": {"url": broker_url, "reconnect": {"min_delay_s": 0.1, "max_delay_s": 1.0}},
+        "broker": {"url": broker_url, "reconnect": reconnect or {"min_delay_s": 0.1, "max_delay_s": 1.0}},
         "outbox": {"resend_after_s": resend_after_s},
         "sensors": [
             {
@@ -98,6 +101,8 @@ def device(
             }
         ],
     }
+    if keepalive_s is not None:
+        cast(dict[str, object], settings["broker"])["keepalive_s"] = keepalive_s
     if fleet_keys:
         settings["fleet_keys"] = [str(key) for key in fleet_keys]
     if best_effort_hz:
