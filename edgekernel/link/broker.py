@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from edgekernel.lifeline import parent_death_preexec
 from edgekernel.link.errors import BrokerError
 
 INSTALL_HINT = (
@@ -188,6 +189,7 @@ class Mosquitto:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=parent_death_preexec(),  # noqa: PLW1509 (it only calls prctl, looked up before the fork)
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -20,6 +20,7 @@ import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from edgekernel.lifeline import child_env
 from edgekernel.link import Outbox
 from edgekernel.protocol import ProtocolError, TopicKind, decode, topics
 from edgekernel.protocol.bodies import AckBody
@@ -45,7 +46,7 @@ class Program:
     def start(self) -> None:
         handle = open(self.log, "ab")  # noqa: SIM115 (the child keeps it)
         self.proc = subprocess.Popen(
-            self.argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env()
         )
         handle.close()
         self.starts += 1
