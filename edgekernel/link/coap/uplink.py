@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from edgekernel.config.models import ReconnectConfig
 from edgekernel.link.coap.client import CoapClient
 from edgekernel.link.errors import CoapError, LinkError, NotConnectedError
-from edgekernel.link.mqtt import Message, Outgoing, SessionStats
+from edgekernel.link.mqtt_values import Message, Outgoing, SessionStats
 from edgekernel.protocol import Encoding
 from edgekernel.protocol.bodies import AckBody
 
