@@ -89,6 +89,9 @@ MAX_PACKET_BYTES = (
 SIZE_MARGIN = 8  # an envelope's time may be written with a few more digits when it is committed
 
 
+FLUSH_AT_STOP_S = 5.0
+
+
 class Kernel:
     def __init__(self, config: DeviceConfig) -> None:
         self.config = config
@@ -234,9 +237,33 @@ class Kernel:
             await stop.wait()
             for worker in workers:
                 worker.cancel()
-        for stream in self.streams:
-            await stream.flush()  # committed to the outbox: sent after the next start if not now
+        await self._flush_at_stop()
         await self.session.close(last=self._status(online=False))
+
+    async def _flush_at_stop(self) -> None:
+        """Commit what the sensors hold (sent after the next start if not now), for at most
+        FLUSH_AT_STOP_S: a full outbox that blocks must not hold the stop up. What is left is counted."""
+        held = {stream: stream.held for stream in self.streams if stream.held}
+        flushed: set[SensorStream] = set()
+
+        async def flush(stream: SensorStream) -> None:
+            await stream.flush()
+            flushed.add(stream)
+
+        try:
+            async with asyncio.timeout(FLUSH_AT_STOP_S):
+                await asyncio.gather(*(flush(stream) for stream in held))
+        except TimeoutError:
+            lost = {stream: count for stream, count in held.items() if stream not in flushed}
+            self.counters["samples_lost_at_stop"] += sum(lost.values())
+            log.warning(
+                "%s: %d samples of %d streams not committed at the stop: the outbox had no room for them "
+                "within %g s",
+                self.device,
+                sum(lost.values()),
+                len(lost),
+                FLUSH_AT_STOP_S,
+            )
 
     async def _run_sensors(self) -> None:
         """Sensors start with the first connection, so a best-effort stream loses nothing at boot."""
