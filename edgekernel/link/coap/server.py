@@ -14,6 +14,7 @@ from aiocoap import resource
 
 from edgekernel.link.coap._base import TRANSPORTS
 from edgekernel.link.coap._block1 import Block1Assembler
+from edgekernel.link.coap._guard import guard_datagrams
 from edgekernel.link.coap.infer import InferHandler, InferSite
 from edgekernel.link.coap.ingest import IngestHandler, IngestResource, RefusedHandler
 from edgekernel.link.coap.resources import (
@@ -115,6 +116,7 @@ class CoapServer:
             )
         except (OSError, aiocoap.error.Error) as err:
             raise CoapError(f"cannot serve CoAP on {self.url}: {err}") from err
+        guard_datagrams(self._context, self.counters)
         if self._port == 0:
             self._port = _bound_port(self._context)
         self._health.restart_clock()
