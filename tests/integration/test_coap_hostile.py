@@ -6,29 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import socket
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from edgekernel.link import Mosquitto, free_port
+from edgekernel.link import Mosquitto
 from edgekernel.link.coap import CoapBadRequest, CoapClient, CoapServer
 from edgekernel.protocol import Encoding
 from tests.waiting import DEADLINE_S
 
+from .coap_device import MODELS, coap_device
 from .test_coap import HOST, telemetry
 
 pytestmark = pytest.mark.integration
-
-MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def datagram(mid: int, *options: bytes, token: bytes = b"", code: int = 1, mtype: int = 0) -> bytes:
@@ -115,59 +110,13 @@ def test_observers_that_leave_leave_no_task_errors(caplog: pytest.LogCaptureFixt
 
 @pytest.fixture
 def device(broker: Mosquitto, tmp_path: Path) -> Iterator[str]:
-    """A device serving CoAP with the vibration model at an absolute path; its CoAP URL."""
-    manifest = {m["file"]: m for m in json.loads((MODELS / "manifest.json").read_text())["models"]}
-    port = free_port()
-    config = tmp_path / "dev-1.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "fleet": "hostile",
-                "device": "dev-1",
-                "data_dir": str(tmp_path / "dev-1"),
-                "broker": {"url": broker.url},
-                "coap": {"host": HOST, "port": port},
-                "kernel": {
-                    "models": [
-                        {
-                            "name": "vibration-anomaly",
-                            "file": str(MODELS / "vibration_cnn.int8.onnx"),
-                            "sha256": manifest["vibration_cnn.int8.onnx"]["sha256"],
-                            "runtime": "onnx",
-                            "memory_mb": 8,
-                            "pinned": True,
-                        }
-                    ]
-                },
-            }
-        )
-    )
-    log = open(tmp_path / "dev-1.log", "wb")  # noqa: SIM115 (the child keeps it)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edgekernel", "device", "run", "--config", str(config)],
-        stdout=log,
-        stderr=log,
-        stdin=subprocess.DEVNULL,
-    )
-    log.close()
-    try:
-        yield f"coap://{HOST}:{port}"
-    finally:
-        process.terminate()
-        process.wait(DEADLINE_S)
+    with coap_device(broker, tmp_path) as url:
+        yield url
 
 
 def test_a_wrong_shape_names_the_model_not_its_path(device: str) -> None:
     async def scenario() -> str:
         async with CoapClient(timeout=5) as client:
-            deadline = time.monotonic() + DEADLINE_S
-            while True:
-                try:
-                    await client.get(f"{device}/health")
-                    break
-                except Exception:
-                    assert time.monotonic() < deadline, "the device never served CoAP"
-                    await asyncio.sleep(0.3)
             with pytest.raises(CoapBadRequest) as caught:
                 await client.post(
                     f"{device}/infer/vibration-anomaly",

@@ -38,7 +38,7 @@ class CoapServer:
     refused with 4.13 before any block is assembled, and block-wise bodies are assembled per
     (remote, Request-Tag, resource), refusing rather than merging uploads it cannot tell apart.
     Responses use the request's Accept, else its Content-Format, else `encoding` (CBOR, as the wire
-    contract has it on CoAP).
+    contract has it on CoAP); ``/health`` answers JSON unless asked for CBOR with Accept 60.
 
         async with CoapServer("127.0.0.1", 0, infer=kernel_infer) as server:
             server.publish("temp", envelope)
@@ -68,7 +68,8 @@ class CoapServer:
         uploads = Block1Assembler(max_body=max_payload)  # one limit on open uploads for the whole server
         self._site: Any = _Site()
         self._site.add_resource([".well-known", "core"], WellKnownCore(self._site))
-        self._health = HealthResource(self.counters, max_payload, provider=health, default=encoding)
+        # /health is read by people and monitors: JSON unless asked for CBOR (Accept 60)
+        self._health = HealthResource(self.counters, max_payload, provider=health, default=Encoding.JSON)
         self._site.add_resource(["health"], self._health)
         if infer is not None:
             self._site.add_resource(
