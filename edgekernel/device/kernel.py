@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict
@@ -81,6 +82,7 @@ from edgekernel.protocol import (
 from edgekernel.protocol.bodies import AckBody, DesiredBody
 from edgekernel.protocol.envelope import MAX_EPOCH, MAX_SEQ
 
+_DIRECTORIES = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s/\\'\":]+[/\\])+")  # keeps the file name
 log = logging.getLogger(__name__)
 
 MAX_PACKET_BYTES = (
@@ -570,7 +572,8 @@ class Kernel:
         except (OverloadError, QuotaError, DeadlineError, SchedulerClosedError) as err:
             raise CoapUnavailable(str(err)) from err
         except (InferenceError, ModelError) as err:
-            raise CoapBadRequest(str(err)) from err
+            # a CoAP client learns what is wrong with its request, not where the device keeps its files
+            raise CoapBadRequest(f"model {model}: {_DIRECTORIES.sub('', err.detail)}") from err
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(work)
