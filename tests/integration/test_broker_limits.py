@@ -86,18 +86,18 @@ def test_a_256_byte_packet_limit_splits_batches_and_dead_letters_what_never_fits
             gw_task = asyncio.create_task(gw.run(stop_gw))
             await gw.session.wait_subscribed(DEADLINE_S)
             dev_task = asyncio.create_task(kernel.run(stop_dev))
-            await wait_until(lambda: len(stored_samples(store)) >= 100, what="100 parts stored")
-            await wait_until(
-                lambda: kernel.outbox.stats().dead == 1, what="the oversized message dead-lettered"
-            )
+            try:
+                await wait_until(lambda: len(stored_samples(store)) >= 100, what="100 parts stored")
+                await wait_until(lambda: kernel.outbox.stats().dead == 1, what="the oversized one dead")
+                stats = await kernel._stats(None)  # type: ignore[arg-type]  # what `device stats` shows
+            finally:
+                stop_dev.set()
+                await dev_task
+                stop_gw.set()
+                await gw_task
             assert isinstance(kernel.session, MqttSession)
             assert kernel.session.limits.maximum_packet_size == 256
             assert kernel.counters["telemetry_split"] > 0
-            stats = await kernel._stats(None)  # type: ignore[arg-type]  # what `device stats` shows
-            stop_dev.set()
-            await dev_task
-            stop_gw.set()
-            await gw_task
             assert isinstance(stats, dict)
             counters, link = stats["counters"], stats["link"]
             assert isinstance(counters, dict)
