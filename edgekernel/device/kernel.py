@@ -81,6 +81,7 @@ from edgekernel.protocol import (
 )
 from edgekernel.protocol.bodies import AckBody, DesiredBody
 from edgekernel.protocol.envelope import MAX_EPOCH, MAX_SEQ
+from edgekernel.protocol.text import shorten
 
 _DIRECTORIES = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s/\\'\":]+[/\\])+")  # keeps the file name
 log = logging.getLogger(__name__)
@@ -508,7 +509,7 @@ class Kernel:
             envelope = inbound(topic, message.payload).envelope
         except ProtocolError as err:
             self.counters[f"rejected:{err.reason}"] += 1
-            log.warning("refused message on %s [%s]: %s", message.topic, err.reason, err)
+            log.warning("refused message on %s [%s]: %s", shorten(message.topic), err.reason, err)
             return
         self.counters[f"received:{topic.kind.value}"] += 1
         if topic.kind is TopicKind.DESIRED:
@@ -548,7 +549,7 @@ class Kernel:
         except ProtocolError:
             seq = None
         self.counters["refused_by_gateway"] += 1
-        log.error("the gateway refused envelope seq %s for good: %s", seq, err)
+        log.error("the gateway refused envelope seq %s for good: %s", seq, shorten(str(err)))
         if seq is not None:
             self._spawn(self.outbox.bury([(seq, seq)], f"{err.code}: {err.diagnostic}"))
 

@@ -52,6 +52,7 @@ from edgekernel.protocol import (
     topics,
 )
 from edgekernel.protocol.bodies import AckBody
+from edgekernel.protocol.text import shorten
 
 log = logging.getLogger(__name__)
 
@@ -564,7 +565,11 @@ class Gateway:
         self.counters[f"rejected:{err.reason}"] += 1
         self.counters["rejected"] += 1
         log.warning(
-            "refused message on %s [%s, %d bytes]: %s", message.topic, err.reason, len(message.payload), err
+            "refused message on %s [%s, %d bytes]: %s",
+            shorten(message.topic),
+            err.reason,
+            len(message.payload),
+            err,
         )
         whole = dead_letter is not None
         self._rejected.append(
