@@ -69,13 +69,13 @@ def program_log() -> Iterator[io.StringIO]:
     """The root logger as a program sets it up (`setup_logging`), writing into a buffer."""
     out = io.StringIO()
     console = common.err_console
-    saved = console.file
+    saved = console._file  # None: it writes to whatever sys.stderr is (CliRunner swaps it); keep that
     console.file = out
     try:
         common.setup_logging()
         yield out
     finally:
-        console.file = saved
+        console._file = saved
         logging.basicConfig(force=True, handlers=[logging.NullHandler()])
 
 
