@@ -118,6 +118,7 @@ class MqttSession:
         self._connected = asyncio.Event()
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._queue: collections.deque[QueuedPublish] = collections.deque()
+        self._queued_birth: QueuedPublish | None = None
         self.limits = BrokerLimits()
         """What the broker allowed in its last CONNACK."""
         self._failure: BaseException | None = None
@@ -543,6 +544,10 @@ class MqttSession:
                     self._require_loop().create_future(),
                 )
                 item.future.add_done_callback(self._birth_settled)
+                stale, self._queued_birth = self._queued_birth, item
+                if stale is not None and stale in self._queue:  # an older connection's: superseded
+                    self._queue.remove(stale)
+                    stale.future.cancel()
                 if birth.qos:
                     self._queue.appendleft(item)
                 else:

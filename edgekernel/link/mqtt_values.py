@@ -98,7 +98,7 @@ class SessionStats:
 MessageFactory = Callable[[], Outgoing]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class QueuedPublish:
     """A message on its way: waiting for its turn in the session, then for the broker's answer."""
 
