@@ -6,6 +6,8 @@
     ├── LinkError            link: the broker or another transport failed us
     │   ├── BrokerError      a private Mosquitto could not be found, started or stopped
     │   ├── NotConnectedError  not connected (yet, or any more) when the operation needs it
+    │   ├── PacketTooLargeError  a message larger than the broker's Maximum Packet Size (not sent)
+    │   ├── BrokerLimitError  the broker cannot do what the config asks (.setting), e.g. shared subscriptions
     │   ├── OutboxError      the device's durable outbox cannot be opened or written (OutboxFullError,
     │   │                    OutboxStorageError: a full or failing disk)
     │   └── CoapError        a CoAP request failed (.code: "4.04", None when no answer)

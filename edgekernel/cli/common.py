@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -59,19 +58,6 @@ def run_until_signal(main: Main, *, duration: float | None = None) -> None:
         await main(stop)
 
     asyncio.run(runner())
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Linux: have SIGTERM sent to this process when its parent dies (a supervisor killed with SIGKILL
-    must not leave its children running). Elsewhere, nothing."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 BROKER_OPTION_HELP = "Broker URL (mqtt://HOST:PORT or mqtts://HOST:PORT); overrides the config file."

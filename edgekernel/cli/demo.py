@@ -19,9 +19,10 @@ import yaml
 from rich.live import Live
 from rich.table import Table
 
-from edgekernel.cli.common import Exit, console, die_with_parent, err_console, fail
+from edgekernel.cli.common import Exit, console, err_console, fail
 from edgekernel.config import ConfigError, load_device, load_gateway
 from edgekernel.errors import EdgeKernelError
+from edgekernel.lifeline import child_env
 
 if TYPE_CHECKING:
     from edgekernel.gateway import DeviceSummary
@@ -119,7 +120,7 @@ class Child:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 (children start before any thread does)
+                env=child_env(),
             )
 
     @property

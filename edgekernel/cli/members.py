@@ -1,5 +1,6 @@
 """The extra processes of a gateway with ``processes`` above 1: started with it, restarted when one
-dies, stopped when it stops. Each runs ``edgekernel gateway run --member N`` with the same config."""
+dies, stopped when it stops, and gone when it dies (`edgekernel.lifeline`). Each runs
+``edgekernel gateway run --member N`` with the same config."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 from collections.abc import Callable
 
 from edgekernel.cli.common import Main
+from edgekernel.lifeline import child_env
 
 log = logging.getLogger("edgekernel.gateway.members")
 
@@ -40,7 +42,7 @@ class Members:
         return run
 
     def _spawn(self, number: int) -> None:
-        self.procs[number] = subprocess.Popen(self.argv(number), stdin=subprocess.DEVNULL)
+        self.procs[number] = subprocess.Popen(self.argv(number), stdin=subprocess.DEVNULL, env=child_env())
         log.info("gateway member %d started (pid %d)", number, self.procs[number].pid)
 
     async def _watch(self, stop: asyncio.Event) -> None:

@@ -18,7 +18,6 @@ from edgekernel.cli.common import (
     BROKER_OPTION_HELP,
     Exit,
     console,
-    die_with_parent,
     fail,
     run_until_signal,
     setup_logging,
@@ -106,9 +105,6 @@ def gateway_run(
     1 in its config, it starts (and watches) that many processes in all."""
     from edgekernel.cli.members import Members  # noqa: PLC0415 (keeps `--help` fast)
     from edgekernel.gateway import Gateway  # noqa: PLC0415
-
-    if member:
-        die_with_parent()
 
     def build(cfg: GatewayConfig) -> Program:
         gateway = Gateway(cfg, member=member)

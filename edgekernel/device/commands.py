@@ -1,6 +1,7 @@
 """Fleet commands on the device: verify, deduplicate, run, reply on the MQTT 5 response topic.
 
-A command is refused with a reason (unsigned, bad-signature, expired, replayed, wrong-target, …) in
+A command is refused with a reason (unsigned, bad-signature, expired, replayed, wrong-target,
+name-mismatch: signed as another command than its topic names, …) in
 a failure reply when it carries a response topic, and always counted. A command re-sent with the same
 id (a reconnect, a retrying caller) gets the first reply again instead of running twice.
 """
@@ -69,16 +70,17 @@ class Commands:
     def register(self, name: str, handler: Handler) -> None:
         self.handlers[name] = handler
 
-    async def handle(self, message: Message, envelope: Envelope) -> None:
+    async def handle(self, message: Message, envelope: Envelope, *, topic_name: str) -> None:
+        """Answer a command that came on ``…/cmd/{topic_name}``."""
         cached = self._replies.get(envelope.id, request=envelope)
-        if cached is not None:
+        if cached is not None and envelope.body.get("name") == topic_name:
             self.counters["duplicate"] += 1
             self._reply(message, cached)
             return
         try:
             if self._verifier is None:
                 raise ProtocolError("no-keys", "this device has no fleet key to verify commands with")
-            command = self._verifier.verify(envelope)
+            command = self._verifier.verify(envelope, topic_name=topic_name)
             if self._state is not None:
                 try:
                     self._state.accept_command(command.id, command.expires_at, time.time())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
@@ -36,8 +37,8 @@ from edgekernel.device.scheduler.errors import (
     QuotaError,
     SchedulerClosedError,
 )
-from edgekernel.device.state import DeviceState
-from edgekernel.device.telemetry import SensorStream
+from edgekernel.device.state import DataDirLock, DeviceState
+from edgekernel.device.telemetry import SensorStream, split_to_fit
 from edgekernel.link import (
     Message,
     MqttSession,
@@ -46,6 +47,7 @@ from edgekernel.link import (
     OutboxFullError,
     OutboxStorageError,
     Outgoing,
+    PacketTooLargeError,
 )
 from edgekernel.link.coap import (
     CoapBadRequest,
@@ -77,12 +79,14 @@ from edgekernel.protocol import (
     topics,
 )
 from edgekernel.protocol.bodies import AckBody, DesiredBody
+from edgekernel.protocol.envelope import MAX_EPOCH, MAX_SEQ
 
 log = logging.getLogger(__name__)
 
 MAX_PACKET_BYTES = (
     4 * DEFAULT_MAX_PAYLOAD
 )  # the broker drops bigger packets; smaller oversized ones are counted
+SIZE_MARGIN = 8  # an envelope's time may be written with a few more digits when it is committed
 
 
 class Kernel:
@@ -90,6 +94,7 @@ class Kernel:
         self.config = config
         self.fleet = config.fleet
         self.device = config.device
+        self.lock = DataDirLock(config.data_dir)
         self.state = DeviceState(config.data_dir)
         self.counters: Counter[str] = Counter()
         self.desired_generation = 0
@@ -172,6 +177,7 @@ class Kernel:
             await self._run(stop)
         finally:
             logging.getLogger().removeHandler(log_handler)
+            self.lock.release()
 
     async def _run(self, stop: asyncio.Event) -> None:
         await asyncio.to_thread(self.inference.start)  # first: a model that cannot load stops the device
@@ -337,8 +343,29 @@ class Kernel:
     async def _emit(self, sensor: SensorConfig, body: TelemetryBody) -> None:
         """A durable stream's batch is committed to the outbox (the sender publishes it), with a seq of
         the outbox's seq space; a best-effort one goes out at QoS 0 without a seq (nothing is missing
-        when it is lost), or not at all while offline."""
+        when it is lost), or not at all while offline. A batch larger than the broker's Maximum Packet
+        Size goes in parts that fit."""
         topic = topics.telemetry(self.fleet, self.device, sensor.stream)
+        parts = split_to_fit(body, self._fits(topic, qos=0 if sensor.best_effort else 1))
+        self.counters["telemetry_split"] += len(parts) - 1
+        for part in parts:
+            await self._emit_part(sensor, topic, part)
+
+    def _fits(self, topic: str, *, qos: int) -> Callable[[TelemetryBody], bool]:
+        """Whether a batch fits the broker's packet limit, sized with the widest seq and epoch (and a
+        margin for its time, written when it is committed)."""
+        session = self.session
+        if not isinstance(session, MqttSession) or session.limits.maximum_packet_size is None:
+            return lambda body: True
+
+        def fits(body: TelemetryBody) -> bool:
+            envelope = body.to_envelope(self.device, seq=MAX_SEQ, epoch=MAX_EPOCH)
+            padded = encode(envelope, self.config.encoding) + bytes(SIZE_MARGIN)
+            return session.fits(topic, padded, qos=qos, content_type=self._content_type)
+
+        return fits
+
+    async def _emit_part(self, sensor: SensorConfig, topic: str, body: TelemetryBody) -> None:
         made: list[Envelope] = []
 
         def payload(seq: int | None) -> bytes:
@@ -402,11 +429,20 @@ class Kernel:
                 self.outbox.rewind()
                 continue
             seen_connects = connects
-            self._watch(
-                self.session.publish_nowait(
-                    message.topic, message.payload, qos=1, content_type=self._content_type
-                )
+            sent = self.session.publish_nowait(
+                message.topic, message.payload, qos=1, content_type=self._content_type
             )
+            sent.add_done_callback(functools.partial(self._sent, message.seq))
+
+    def _sent(self, seq: int, future: asyncio.Future[None]) -> None:
+        """A message the broker can never take (larger than its Maximum Packet Size, even alone) goes to
+        the outbox's dead letters, with reason `too-large`, instead of being sent again and again."""
+        if not future.cancelled() and isinstance(future.exception(), PacketTooLargeError):
+            self.counters["dead:too-large"] += 1
+            log.error("%s: seq %d dead-lettered: %s", self.device, seq, future.exception())
+            self._spawn(self.outbox.bury([(seq, seq)], "too-large"))
+        else:
+            self._count_failure(future)
 
     def _publish_log(self, payload: bytes) -> None:
         if not self.session.connected:
@@ -461,8 +497,8 @@ class Kernel:
                 log.warning("refused ack: %s", err)
                 return
             self._free(ack)
-        elif topic.kind is TopicKind.CMD and self.commands is not None:
-            self._spawn(self.commands.handle(message, envelope))
+        elif topic.kind is TopicKind.CMD and self.commands is not None and topic.name is not None:
+            self._spawn(self.commands.handle(message, envelope, topic_name=topic.name))
 
     def _acked(self, ack: AckBody) -> None:
         """The gateway's answer to a CoAP post: the seq ranges it holds."""
@@ -539,6 +575,8 @@ class Kernel:
                 "received": session.received,
                 "published": session.published,
                 "dropped_qos0_offline": session.dropped_qos0_offline,
+                "too_large": session.too_large,
+                "peak_in_flight": session.peak_in_flight,
                 "inbox_backlog": self.session.backlog,
             },
             "models": [state.model_dump(mode="json") for state in self._model_states()],

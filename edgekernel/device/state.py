@@ -5,14 +5,19 @@ restart does not open a window to replay them.
 
 A small SQLite (WAL) file in the device's data_dir. The boot id is taken from paho's thread (before
 each connect) and read from the asyncio loop, so every call holds a lock.
+
+`DataDirLock` keeps a second device process off a data dir that one is running with.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
+import weakref
 from pathlib import Path
 
 from edgekernel.errors import EdgeKernelError
@@ -22,6 +27,49 @@ log = logging.getLogger(__name__)
 
 class StateError(EdgeKernelError):
     """The device's state file cannot be opened or written."""
+
+
+class DataDirLock:
+    """The data dir's ``lock`` file, held with ``flock`` for as long as this object lives (or until
+    `release`) and holding this process's pid, so that a second process gets a `StateError` naming the
+    first. The kernel drops the lock when its process dies, however it dies."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.path = data_dir / "lock"
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise StateError(f"cannot open the lock {self.path}: {err.strerror or err}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if not isinstance(err, BlockingIOError):
+                raise StateError(f"cannot lock {self.path}: {err.strerror or err}") from None
+            who = f"process {holder}" if holder else "another process"
+            raise StateError(
+                f"data dir {data_dir} is in use by {who}: one device process per data dir"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as err:  # a full disk: the lock holds all the same, without the pid to name
+            log.warning("cannot write the pid into %s: %s", self.path, err.strerror or err)
+        self._release = weakref.finalize(self, os.close, fd)
+
+    def release(self) -> None:
+        self._release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 class DeviceState:

@@ -15,6 +15,7 @@ from edgekernel.device.drivers.sim import SimSource
 from edgekernel.protocol import Sample, TelemetryBody
 
 Emit = Callable[[SensorConfig, TelemetryBody], Awaitable[None]]
+Fits = Callable[[TelemetryBody], bool]
 
 MAX_TICK_S = 0.05
 
@@ -65,3 +66,19 @@ class SensorStream:
         self._oldest = None
         self.envelopes += 1
         await self._emit(self.config, body)
+
+
+def split_to_fit(body: TelemetryBody, fits: Fits) -> list[TelemetryBody]:
+    """The batch, or its samples in order in halves, and halves of those, until each part `fits` or
+    holds one sample (such a part goes as it is, and the sender dead-letters it if it cannot fit)."""
+    done: list[TelemetryBody] = []
+    todo = [body]
+    while todo:
+        part = todo.pop()
+        if len(part.samples) == 1 or fits(part):
+            done.append(part)
+            continue
+        half = len(part.samples) // 2
+        todo.append(part.model_copy(update={"samples": part.samples[half:]}))
+        todo.append(part.model_copy(update={"samples": part.samples[:half]}))
+    return done

@@ -33,7 +33,7 @@ from edgekernel.gateway.store import (
     TelemetryRecord,
     encode_fields,
 )
-from edgekernel.link import Message, MqttSession
+from edgekernel.link import BrokerLimitError, Message, MqttSession
 from edgekernel.link.coap import CoapBadRequest, CoapError, CoapServer, CoapUnavailable, Health
 from edgekernel.protocol import (
     CONTENT_TYPES,
@@ -136,11 +136,13 @@ class Gateway:
         flusher = asyncio.create_task(self._flush_loop(), name="flush")
         announce = asyncio.create_task(self._announce(), name="announce")
         watch = asyncio.create_task(self._watch_coap_devices(), name="coap-liveness")
+        failed = asyncio.create_task(self.session.until_failed(), name="session-failed")
+        stopping = asyncio.create_task(stop.wait(), name="stop")
         try:
-            await stop.wait()
+            await asyncio.wait([failed, stopping], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            announce.cancel()
-            watch.cancel()
+            for task in (announce, watch, failed, stopping):
+                task.cancel()
             if self.session.connected:  # store and acknowledge what came, while acks can still go out
                 with contextlib.suppress(StoreError):
                     await self.flush()
@@ -151,6 +153,22 @@ class Gateway:
             self._wake.set()
             await flusher
             self._settle_commits(CoapUnavailable("the gateway stopped before storing this envelope"))
+        if failed.done() and not failed.cancelled() and (err := failed.exception()) is not None:
+            raise self._explain(err)
+
+    def _explain(self, err: BaseException) -> BaseException:
+        """A broker that cannot do what the config asks, said in the config's words."""
+        if isinstance(err, BrokerLimitError) and err.setting == "share_group":
+            group = self.config.effective_share_group
+            asked = (
+                f"share_group {group!r}" if self.config.share_group else f"processes {self.config.processes}"
+            )
+            return BrokerLimitError(
+                f"gateway {self._name}: {asked} needs shared subscriptions (share_group), and {err}; "
+                "remove share_group and run one process, or use a broker that offers them",
+                setting="share_group",
+            )
+        return err
 
     async def _announce(self) -> None:
         await self.session.wait_subscribed()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from edgekernel.lifeline import parent_death_preexec
 from edgekernel.link.errors import BrokerError
 
 INSTALL_HINT = (
@@ -85,7 +86,9 @@ class Mosquitto:
 
     `password_file` (made with ``mosquitto_passwd``) turns anonymous access off, `acl_file` confines
     each user (see `edgekernel.fleet.acl`); `tls` makes the
-    listener speak TLS only, and `url` then starts with ``mqtts://``.
+    listener speak TLS only, and `url` then starts with ``mqtts://``. `max_inflight_messages` is the
+    Receive Maximum it announces in its CONNACK (and its own window towards each client), and
+    `max_packet_size` its Maximum Packet Size (it disconnects a client that sends a larger packet).
     """
 
     def __init__(
@@ -100,6 +103,8 @@ class Mosquitto:
         password_file: Path | None = None,
         acl_file: Path | None = None,
         tls: BrokerTls | None = None,
+        max_inflight_messages: int = 100,
+        max_packet_size: int | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.host = host
@@ -111,6 +116,8 @@ class Mosquitto:
         self.password_file = password_file
         self.acl_file = acl_file
         self.tls = tls
+        self.max_inflight_messages = max_inflight_messages
+        self.max_packet_size = max_packet_size
         self.binary = find_mosquitto()
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -150,9 +157,11 @@ class Mosquitto:
             "log_type notice",
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
             "max_queued_messages 1000000",
-            "max_inflight_messages 100",
+            f"max_inflight_messages {self.max_inflight_messages}",
             "set_tcp_nodelay true",
         ]
+        if self.max_packet_size is not None:
+            lines.append(f"max_packet_size {self.max_packet_size}")
         if self.password_file is not None:
             lines.append(f"password_file {Path(self.password_file).resolve()}")
         if self.acl_file is not None:
@@ -188,6 +197,7 @@ class Mosquitto:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=parent_death_preexec(),  # noqa: PLW1509 (it only calls prctl, looked up before the fork)
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

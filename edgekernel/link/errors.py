@@ -77,3 +77,25 @@ class CoapError(LinkError):
         self.uri = uri
         where = " ".join(part for part in (uri, self.code) if part)
         super().__init__(f"{where}: {diagnostic}" if where else diagnostic)
+
+
+class PacketTooLargeError(LinkError):
+    """A message does not fit the broker's Maximum Packet Size (from its CONNACK): it was not sent.
+
+    `topic`, `size` (the PUBLISH packet's bytes) and `limit`.
+    """
+
+    def __init__(self, message: str, *, topic: str, size: int, limit: int) -> None:
+        self.topic = topic
+        self.size = size
+        self.limit = limit
+        super().__init__(message)
+
+
+class BrokerLimitError(LinkError):
+    """The broker cannot do what the configuration asks (say, shared subscriptions it does not offer):
+    retrying will not help. `setting` names what to change."""
+
+    def __init__(self, message: str, *, setting: str) -> None:
+        self.setting = setting
+        super().__init__(message)

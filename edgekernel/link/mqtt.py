@@ -4,7 +4,14 @@ paho's network thread does the I/O; every callback hands over to the asyncio loo
 ``call_soon_threadsafe`` and never blocks. The session keeps a persistent broker session
 (``clean_start=False`` with a session expiry), re-subscribes on every connect, publishes a birth
 message on every connect and arms a Last Will before every connect attempt, and reconnects with
-exponential backoff and jitter.
+exponential backoff and jitter. paho's own loop waits out the backoff (set before each wait with
+``reconnect_delay_set``): a wait inside a callback would run after paho stamped the attempt's start,
+and paho would take a backoff longer than the keepalive for a dead connection right after CONNECT.
+
+The broker's limits from its CONNACK (`BrokerLimits`) are honoured: a message larger than its Maximum
+Packet Size is not sent (`PacketTooLargeError`); QoS 1 and 2 publishes wait in the session, not in
+paho, while as many as its Receive Maximum are unacknowledged; a shared subscription on a broker that
+offers none ends the session for good (`BrokerLimitError`, see `until_failed`).
 
     async with MqttSession(broker, client_id="demo-dev-01", subscriptions=[...]) as session:
         await session.wait_connected()
@@ -20,14 +27,12 @@ import collections
 import functools
 import logging
 import random
-import ssl
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -37,53 +42,24 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgekernel.config.models import BrokerConfig
-from edgekernel.link.errors import LinkError, NotConnectedError
+from edgekernel.link.errors import BrokerLimitError, LinkError, NotConnectedError, PacketTooLargeError
+from edgekernel.link.mqtt_auth import password, tls_context
+from edgekernel.link.mqtt_values import (
+    BrokerLimits,
+    Message,
+    MessageFactory,
+    Outgoing,
+    QueuedPublish,
+    SessionStats,
+    mqtt_properties,
+    publish_packet_size,
+)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A message received from the broker."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    content_type: str | None = None
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-    user_properties: tuple[tuple[str, str], ...] = ()
-    received_at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A message to publish, as a value: used for the birth message and the Last Will."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-    content_type: str | None = None
-
-
-@dataclass(slots=True)
-class SessionStats:
-    connects: int = 0
-    disconnects: int = 0
-    connect_failures: int = 0
-    received: int = 0
-    published: int = 0
-    dropped_qos0_offline: int = 0
-    last_error: str | None = None
-    connected_since: float | None = None
-    subscribe_failures: int = 0
-    callback_errors: int = 0
-
-
-MessageFactory = Callable[[], Outgoing]
 LOG_EVERY_N_FAILURES = 10
+MAX_IN_FLIGHT = 20  # our own bound on unacknowledged QoS 1/2 publishes; the broker's may be lower
 
 
 def _guarded(method: Callable[..., None]) -> Callable[..., None]:
@@ -141,6 +117,11 @@ class MqttSession:
         self._wake_pending = False
         self._connected = asyncio.Event()
         self._pending: dict[int, asyncio.Future[None]] = {}
+        self._queue: collections.deque[QueuedPublish] = collections.deque()
+        self.limits = BrokerLimits()
+        """What the broker allowed in its last CONNACK."""
+        self._failure: BaseException | None = None
+        self._failed = asyncio.Event()
         self._closing = threading.Event()
         self._attempt = 0
         self._refused = False  # the broker refused this attempt's CONNECT: keep its reason
@@ -153,12 +134,15 @@ class MqttSession:
             client_id=self.client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
         )
-        client.reconnect_delay_set(0, 0)  # the backoff with jitter lives in _before_connect
+        client.reconnect_delay_set(0, 0)  # set before each of paho's waits by _schedule_retry
         client.max_queued_messages_set(0)
+        client.max_inflight_messages_set(0)  # the session keeps to the broker's Receive Maximum
         if self.broker.username is not None:
-            client.username_pw_set(self.broker.username, self._password())
+            client.username_pw_set(self.broker.username, password(self.broker))
         if self.broker.uses_tls:
-            self._configure_tls(client)
+            client.tls_set_context(tls_context(self.broker))
+            if self.broker.tls is not None and self.broker.tls.insecure:
+                client.tls_insecure_set(True)
         client.on_pre_connect = self._before_connect
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -168,29 +152,6 @@ class MqttSession:
         client.on_subscribe = self._on_subscribe
         return client
 
-    def _password(self) -> str | None:
-        if self.broker.password is not None:
-            return self.broker.password.get_secret_value()
-        if self.broker.password_file is not None:
-            try:
-                return self.broker.password_file.read_text().strip()
-            except OSError as err:
-                raise LinkError(f"cannot read password_file {self.broker.password_file}: {err}") from err
-        return None
-
-    def _configure_tls(self, client: paho.Client) -> None:
-        tls = self.broker.tls
-        try:
-            context = ssl.create_default_context(cafile=tls.ca_file if tls else None)
-            if tls is not None and tls.cert_file is not None:
-                context.load_cert_chain(tls.cert_file, tls.key_file)
-        except (OSError, ssl.SSLError, ValueError) as err:
-            raise LinkError(f"TLS setup failed: {err}") from err
-        context.sslsocket_class = _ClosingSSLSocket
-        client.tls_set_context(context)
-        if tls is not None and tls.insecure:
-            client.tls_insecure_set(True)
-
     # -- lifetime ---------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -198,7 +159,7 @@ class MqttSession:
             return
         self._loop = asyncio.get_running_loop()
         self._closing.clear()
-        properties = _properties(
+        properties = mqtt_properties(
             PacketTypes.CONNECT,
             SessionExpiryInterval=self.broker.session_expiry_s if self._persistent else 0,
             MaximumPacketSize=self._max_packet_bytes,
@@ -231,10 +192,13 @@ class MqttSession:
             leftover.close()
         self._started = False
         self._connected.clear()
-        for future in self._pending.values():
+        futures = [*self._pending.values(), *(item.future for item in self._queue)]
+        for future in futures:
             if not future.done():
                 future.set_exception(NotConnectedError("session closed before the broker acknowledged"))
         self._pending.clear()
+        self._queue.clear()
+        self.stats.in_flight = 0
         self._deliver(None)
 
     async def __aenter__(self) -> MqttSession:
@@ -283,31 +247,65 @@ class MqttSession:
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
     ) -> asyncio.Future[None]:
-        """Hand a message to paho; the future resolves when the broker acknowledges it (QoS 1/2)
-        or it was written to the socket (QoS 0). QoS 1/2 messages published while offline are kept
-        and sent after the reconnect; QoS 0 ones are dropped and counted."""
+        """Publish; the future resolves when the broker acknowledges the message (QoS 1/2) or it was
+        written to the socket (QoS 0). QoS 1/2 messages wait in the session while the broker's Receive
+        Maximum of them are unacknowledged, or while offline, and go out in order; QoS 0 ones are
+        dropped and counted while offline. A message larger than the broker's Maximum Packet Size fails
+        with `PacketTooLargeError`."""
         loop = self._require_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        properties = _properties(
+        properties = mqtt_properties(
             PacketTypes.PUBLISH,
             ContentType=content_type,
             ResponseTopic=response_topic,
             CorrelationData=correlation_data,
         )
-        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
-        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0:
+        item = QueuedPublish(topic, payload, qos, retain, properties, loop.create_future())
+        if qos == 0:
+            self._send(item)
+        else:
+            self._queue.append(item)
+            self._pump()
+        return item.future
+
+    def fits(self, topic: str, payload: bytes, *, qos: int, content_type: str | None = None) -> bool:
+        """Whether such a PUBLISH fits the broker's Maximum Packet Size (as its last CONNACK said)."""
+        limit = self.limits.maximum_packet_size
+        props = mqtt_properties(PacketTypes.PUBLISH, ContentType=content_type)
+        return limit is None or publish_packet_size(topic, payload, props, qos=qos) <= limit
+
+    def _pump(self) -> None:
+        """Hand queued QoS 1/2 messages to paho while connected and within the Receive Maximum."""
+        window = min(MAX_IN_FLIGHT, self.limits.receive_maximum)
+        while self._queue and self.connected and self.stats.in_flight < window:
+            self._send(self._queue.popleft())
+
+    def _send(self, item: QueuedPublish) -> None:
+        future, topic = item.future, item.topic
+        limit = self.limits.maximum_packet_size
+        size = publish_packet_size(topic, item.payload, item.properties, qos=item.qos)
+        if limit is not None and size > limit:
+            self.stats.too_large += 1
+            why = f"a {size}-byte PUBLISH to {topic} is larger than the broker's Maximum Packet Size {limit}"
+            future.set_exception(PacketTooLargeError(why, topic=topic, size=size, limit=limit))
+            return
+        info = self._client.publish(
+            topic, item.payload, qos=item.qos, retain=item.retain, properties=item.properties
+        )
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and item.qos == 0:
             self.stats.dropped_qos0_offline += 1
             future.set_exception(NotConnectedError(f"not connected; QoS 0 message to {topic} dropped"))
-            return future
+            return
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             future.set_exception(LinkError(f"publish to {topic} failed: {paho.error_string(info.rc)}"))
-            return future
+            return
         self.stats.published += 1
-        if qos == 0 or (info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS and info.is_published()):
+        if item.qos == 0 or (info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS and info.is_published()):
             future.set_result(None)  # QoS 0: handed to the socket; paho may never call on_publish
-        else:
-            self._pending[info.mid] = future
-        return future
+            return
+        # paho keeps it (sent, or sent after the reconnect) until the broker acknowledges it
+        self._pending[info.mid] = future
+        self.stats.in_flight += 1
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
 
     async def publish(
         self,
@@ -382,16 +380,20 @@ class MqttSession:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(func, *args)
 
-    @_guarded
-    def _before_connect(self, client: paho.Client, userdata: object) -> None:
+    def _schedule_retry(self, client: paho.Client) -> None:
+        """After a failed attempt or a lost connection, before paho waits to try again: how long."""
         if self._connected_at is not None:
             # after a connection that held, start the backoff over; after one that was dropped at
             # once (say, another client took the session over) keep backing off
             stable = time.monotonic() - self._connected_at >= self.broker.reconnect.max_delay_s
             self._attempt = 1 if stable else self._attempt
             self._connected_at = None
-        if self._attempt > 0:
-            self._closing.wait(self._backoff(self._attempt))
+        delay = self._backoff(max(1, self._attempt))
+        # min = max: paho waits exactly this long (its hints say int; it waits any number of seconds)
+        client.reconnect_delay_set(cast(int, delay), cast(int, delay))
+
+    @_guarded
+    def _before_connect(self, client: paho.Client, userdata: object) -> None:
         if self._closing.is_set():  # close() ended the wait: no new connection (paho catches OSError)
             raise ConnectionAbortedError("session closed")
         self._attempt += 1
@@ -403,7 +405,7 @@ class MqttSession:
                 will.payload,
                 qos=will.qos,
                 retain=will.retain,
-                properties=_properties(PacketTypes.WILLMESSAGE, ContentType=will.content_type),
+                properties=mqtt_properties(PacketTypes.WILLMESSAGE, ContentType=will.content_type),
             )
 
     def _backoff(self, attempt: int) -> float:
@@ -426,20 +428,25 @@ class MqttSession:
             self._refused = True
             log.warning("%s: %s", self.client_id, self.stats.last_error)
             return
+        self.limits = limits = BrokerLimits.from_connack(properties)
+        shared = [topic for topic, _ in self.subscriptions if topic.startswith("$share/")]
+        if shared and not limits.shared_subscriptions:
+            self._closing.set()
+            client.disconnect()
+            failure = BrokerLimitError(
+                f"the broker at {self.broker.url} offers no shared subscriptions (its CONNACK says "
+                f"Shared Subscription Available 0), so {shared[0]!r} cannot be subscribed",
+                setting="share_group",
+            )
+            self.stats.last_error = str(failure)
+            log.error("%s: %s", self.client_id, failure)
+            self._call(self._fail, failure)
+            return
         self._connected_at = time.monotonic()
         self._call(self._subscribed.clear)
         if self.subscriptions:
             client.subscribe([(t, SubscribeOptions(qos=q)) for t, q in self.subscriptions])
-        if self._birth is not None:
-            birth = self._birth()
-            client.publish(
-                birth.topic,
-                birth.payload,
-                qos=birth.qos,
-                retain=birth.retain,
-                properties=_properties(PacketTypes.PUBLISH, ContentType=birth.content_type),
-            )
-        self._call(self._mark_connected, True)
+        self._call(self._mark_connected, True, self._birth() if self._birth is not None else None)
 
     @_guarded
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
@@ -447,6 +454,7 @@ class MqttSession:
         # unreachable, TLS certificate or host name not verified)
         if self._closing.is_set():
             return
+        self._schedule_retry(client)
         err = sys.exc_info()[1]
         self.stats.connect_failures += 1
         self.stats.last_error = f"cannot reach {self.broker.url}" + (f": {err}" if err else "")
@@ -471,6 +479,8 @@ class MqttSession:
             self.stats.last_error = f"disconnected: {reason}"
             if not self._closing.is_set():
                 log.warning("%s: lost the connection to %s: %s", self.client_id, self.broker.url, reason)
+        if not self._closing.is_set():
+            self._schedule_retry(client)
         self._call(self._mark_connected, False)
 
     @_guarded
@@ -492,18 +502,7 @@ class MqttSession:
 
     @_guarded
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
-        props = getattr(msg, "properties", None)
-        message = Message(
-            topic=_topic_text(msg),
-            payload=bytes(msg.payload),
-            qos=msg.qos,
-            retain=bool(msg.retain),
-            content_type=getattr(props, "ContentType", None),
-            response_topic=getattr(props, "ResponseTopic", None),
-            correlation_data=getattr(props, "CorrelationData", None),
-            user_properties=tuple(getattr(props, "UserProperty", ()) or ()),
-            received_at=time.time(),
-        )
+        message = Message.from_paho(msg)
         if self._handler is None:
             self._deliver(message)
         else:
@@ -523,50 +522,54 @@ class MqttSession:
 
     # -- back on the loop -------------------------------------------------------------------
 
-    def _mark_connected(self, up: bool) -> None:
+    def _mark_connected(self, up: bool, birth: Outgoing | None = None) -> None:
         if up:
             self.stats.connects += 1
             self.stats.connected_since = time.time()
             self._connected.set()
+            if birth is not None:  # first, before what waited offline
+                item = QueuedPublish(
+                    birth.topic,
+                    birth.payload,
+                    birth.qos,
+                    birth.retain,
+                    mqtt_properties(PacketTypes.PUBLISH, ContentType=birth.content_type),
+                    self._require_loop().create_future(),
+                )
+                item.future.add_done_callback(self._birth_settled)
+                if birth.qos:
+                    self._queue.appendleft(item)
+                else:
+                    self._send(item)
+            self._pump()
         elif self._connected.is_set():
             self.stats.disconnects += 1
             self.stats.connected_since = None
             self._connected.clear()
 
+    def _birth_settled(self, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.stats.last_error = f"birth message: {future.exception()}"
+            log.warning("%s: %s", self.client_id, self.stats.last_error)
+
+    def _fail(self, failure: BaseException) -> None:
+        self._failure = failure
+        self._failed.set()
+
+    async def until_failed(self) -> None:
+        """Returns never: raises the error that ended the session for good (`BrokerLimitError`)."""
+        await self._failed.wait()
+        assert self._failure is not None
+        raise self._failure
+
     def _resolve(self, mid: int, failure: str | None) -> None:
         future = self._pending.pop(mid, None)
+        if future is not None:
+            self.stats.in_flight -= 1
+            self._pump()
         if future is None or future.done():
             return
         if failure is None:
             future.set_result(None)
         else:
             future.set_exception(LinkError(f"broker refused message {mid}: {failure}"))
-
-
-class _ClosingSSLSocket(ssl.SSLSocket):
-    """Closes itself when the TLS handshake fails: paho drops the socket unclosed (ResourceWarning)."""
-
-    def do_handshake(self, block: bool = False) -> None:
-        try:
-            super().do_handshake(block)
-        except BaseException:
-            self.close()
-            raise
-
-
-def _properties(packet_type: int, **values: object) -> Properties | None:
-    """MQTT 5 properties with the values that are set, or None when none is."""
-    present = {name: value for name, value in values.items() if value is not None}
-    if not present:
-        return None
-    properties = Properties(packet_type)  # type: ignore[no-untyped-call]
-    for name, value in present.items():
-        setattr(properties, name, value)
-    return properties
-
-
-def _topic_text(msg: paho.MQTTMessage) -> str:
-    try:
-        return msg.topic
-    except UnicodeDecodeError:
-        return msg._topic.decode("utf-8", "replace")

@@ -208,8 +208,20 @@ class FleetVerifier:
 
     @classmethod
     def load(cls, *paths: str | os.PathLike[str]) -> FleetVerifier:
-        """Read PEM files; `OSError` if one cannot be read, `ProtocolError` ("bad-key") if one is no key."""
-        return cls(Path(path).read_bytes() for path in paths)
+        """Read PEM files; `ProtocolError` naming the file if one cannot be read ("unreadable-key": missing,
+        a folder, no permission) or is no key ("bad-key")."""
+        verifier = cls()
+        for path in paths:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as err:
+                why = err.strerror or type(err).__name__
+                raise ProtocolError("unreadable-key", f"cannot read fleet key {path}: {why}") from None
+            try:
+                verifier.add(data)
+            except ProtocolError as err:
+                raise ProtocolError(err.reason, f"fleet key {path}: {err}") from None
+        return verifier
 
     def add(self, public_key: bytes) -> str:
         """Trust one more key; returns its key id."""
@@ -411,8 +423,14 @@ class CommandVerifier:
         if evicted is not None:
             self._floor = max(self._floor, evicted)
 
-    def verify(self, envelope: Envelope, now: float | None = None) -> VerifiedCommand:
-        """The command, once every check has passed and its id is remembered; else `ProtocolError`."""
+    def verify(
+        self, envelope: Envelope, now: float | None = None, *, topic_name: str | None = None
+    ) -> VerifiedCommand:
+        """The command, once every check has passed and its id is remembered; else `ProtocolError`.
+
+        `topic_name` is the name in the ``…/cmd/{name}`` topic the command came on: the signed name
+        must be the same ("name-mismatch"), so that a topic's ACL or a subscriber's filter sees the
+        command that runs."""
         now = time.time() if now is None else now
         if envelope.type != "cmd":
             raise ProtocolError("wrong-type", f"expected a cmd envelope, got {envelope.type}")
@@ -422,6 +440,10 @@ class CommandVerifier:
         self._verifier.verify(body.key, _signature(body.sig), signing_payload(envelope))
         if body.device != self.device:
             raise ProtocolError("wrong-target", f"command {envelope.id} is for {body.device!r}")
+        if topic_name is not None and body.name != topic_name:
+            raise ProtocolError(
+                "name-mismatch", f"command {envelope.id} is {body.name!r} but came on …/cmd/{topic_name}"
+            )
         if body.expires_at - body.issued_at > self.max_ttl_s:
             raise ProtocolError("ttl-too-long", f"command {envelope.id} lives over {self.max_ttl_s:g} s")
         if body.issued_at - self.max_skew_s > now:

@@ -20,6 +20,7 @@ import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from edgekernel.lifeline import child_env
 from edgekernel.link import Outbox
 from edgekernel.protocol import ProtocolError, TopicKind, decode, topics
 from edgekernel.protocol.bodies import AckBody
@@ -45,7 +46,7 @@ class Program:
     def start(self) -> None:
         handle = open(self.log, "ab")  # noqa: SIM115 (the child keeps it)
         self.proc = subprocess.Popen(
-            self.argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env()
         )
         handle.close()
         self.starts += 1
@@ -77,18 +78,21 @@ def device(
     data_dir: Path | None = None,
     reported_interval_s: float = 5,
     best_effort_hz: float = 0,
+    keepalive_s: int | None = None,
+    reconnect: dict[str, float] | None = None,
 ) -> Program:
     """A device process; with `batch` 1 each sample is its own message (rate_hz messages a second).
     With `fleet_keys` (public key files) it verifies and runs signed commands. Its data is in
     `data_dir`, by default `tmp`/`name`. With `best_effort_hz` it also sends a best-effort stream,
-    "temp", one sample a message."""
+    "temp", one sample a message. `keepalive_s` and `reconnect` (ReconnectConfig's fields) replace
+    the broker settings' defaults (a quick reconnect)."""
     config = tmp / f"{name}.yaml"
     settings: dict[str, object] = {
         "fleet": FLEET,
         "device": name,
         "data_dir": str(data_dir or tmp / name),
         "reported_interval_s": reported_interval_s,
-        "broker": {"url": broker_url, "reconnect": {"min_delay_s": 0.1, "max_delay_s": 1.0}},
+        "broker": {"url": broker_url, "reconnect": reconnect or {"min_delay_s": 0.1, "max_delay_s": 1.0}},
         "outbox": {"resend_after_s": resend_after_s},
         "sensors": [
             {
@@ -98,6 +102,8 @@ def device(
             }
         ],
     }
+    if keepalive_s is not None:
+        cast(dict[str, object], settings["broker"])["keepalive_s"] = keepalive_s
     if fleet_keys:
         settings["fleet_keys"] = [str(key) for key in fleet_keys]
     if best_effort_hz:

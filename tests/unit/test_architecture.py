@@ -37,11 +37,12 @@ def _write_tree(root: Path, files: dict[str, str]) -> None:
 CLEAN = {
     "edgekernel/__init__.py": "from edgekernel.errors import EdgeKernelError\n",
     "edgekernel/errors.py": "class EdgeKernelError(Exception): ...\n",
+    "edgekernel/lifeline.py": "import os\n",
     "edgekernel/protocol/__init__.py": "from ..errors import EdgeKernelError\n",
     "edgekernel/protocol/codec.py": "from . import topics\nfrom .topics import X\n",
     "edgekernel/protocol/topics.py": "X = 1\n",
     "edgekernel/config/__init__.py": "from edgekernel.protocol import topics\n",
-    "edgekernel/link/__init__.py": "import edgekernel.config\nfrom edgekernel import errors\n",
+    "edgekernel/link/__init__.py": "import edgekernel.config\nfrom edgekernel import errors, lifeline\n",
     "edgekernel/device/__init__.py": "from edgekernel import EdgeKernelError, link\n",
     "edgekernel/fleet/__init__.py": "def f() -> None:\n    from edgekernel import errors\n",
     "edgekernel/cli/__init__.py": "from edgekernel import device, fleet, gateway\n",
@@ -67,6 +68,12 @@ def test_clean_fake_tree_passes(tmp_path: Path, capsys: pytest.CaptureFixture[st
             "edgekernel/errors.py",
             "import edgekernel\n",
             "edgekernel/errors.py:1: edgekernel.errors imports edgekernel (errors imports nothing",
+        ),
+        (
+            "edgekernel/lifeline.py",
+            "from edgekernel.errors import EdgeKernelError\n",
+            "edgekernel/lifeline.py:1: edgekernel.lifeline imports edgekernel.errors "
+            "(lifeline imports nothing",
         ),
         (
             "edgekernel/protocol/codec.py",
@@ -95,7 +102,7 @@ def test_clean_fake_tree_passes(tmp_path: Path, capsys: pytest.CaptureFixture[st
             "edgekernel/device/__init__.py",
             "from edgekernel import cli\n",
             "edgekernel/device/__init__.py:1: edgekernel.device imports edgekernel.cli "
-            "(device may import only config, errors, link, protocol)",
+            "(device may import only config, errors, lifeline, link, protocol)",
         ),
         (
             "edgekernel/__init__.py",

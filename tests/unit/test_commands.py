@@ -508,3 +508,27 @@ def test_cbor_maps_with_byte_strings_are_refused() -> None:
     data["body"]["name"] = b"ping"
     with pytest.raises(ProtocolError):
         gate().verify(decode(cbor2.dumps(data)), now=T0)
+
+
+def test_a_command_named_otherwise_than_its_topic_is_refused_and_not_remembered() -> None:
+    verifier = gate()
+    stats = command(name="stats")
+    with pytest.raises(ProtocolError) as caught:
+        verifier.verify(stats, now=T0, topic_name="ping")
+    assert caught.value.reason == "name-mismatch"
+    assert verifier.remembered == 0
+    assert verifier.verify(stats, now=T0, topic_name="stats").name == "stats"
+
+
+@pytest.mark.parametrize("what", ["missing", "directory", "garbage"])
+def test_a_fleet_key_file_that_cannot_be_loaded_is_named(tmp_path: Path, what: str) -> None:
+    good, path = tmp_path / "good.pub", tmp_path / "fleet.pub"
+    good.write_bytes(KEY.public_pem())
+    if what == "directory":
+        path.mkdir()
+    elif what == "garbage":
+        path.write_bytes(b"not a key")
+    with pytest.raises(ProtocolError) as caught:
+        FleetVerifier.load(good, path)
+    assert str(path) in str(caught.value)
+    assert caught.value.reason == ("bad-key" if what == "garbage" else "unreadable-key")

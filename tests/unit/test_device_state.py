@@ -1,4 +1,5 @@
-"""The device's state file: boot ids and accepted commands, and a disk that refuses writes."""
+"""The device's state file: boot ids and accepted commands, and a disk that refuses writes; the data
+dir's lock."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekernel.device.state import DeviceState, StateError
+from edgekernel.device.state import DataDirLock, DeviceState, StateError
 
 
 def test_boot_ids_grow_and_survive_a_restart(tmp_path: Path) -> None:
@@ -72,3 +73,13 @@ def test_boot_ids_on_a_full_filesystem(tiny_tmpfs: Path) -> None:
     assert state.next_boot() == 201
     state.close()
     assert DeviceState(tiny_tmpfs).boot == 201
+
+
+def test_the_data_dir_lock_is_held_until_released_and_names_its_holder(tmp_path: Path) -> None:
+    held = DataDirLock(tmp_path)
+    assert (tmp_path / "lock").read_text().strip() == str(os.getpid())
+    with pytest.raises(StateError, match=f"in use by process {os.getpid()}"):
+        DataDirLock(tmp_path)
+    held.release()
+    held.release()
+    DataDirLock(tmp_path).release()

@@ -5,16 +5,17 @@ the server."""
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from typing import Any, ClassVar
 
 import aiocoap  # type: ignore[import-untyped]
 from aiocoap import resource
 
+from edgekernel.link.coap._block1 import Block, Block1Assembler, UploadRefused
 from edgekernel.link.coap.errors import (
     INTERNAL_SERVER_ERROR,
     NOT_ACCEPTABLE,
-    REQUEST_ENTITY_INCOMPLETE,
     REQUEST_ENTITY_TOO_LARGE,
     UNSUPPORTED_CONTENT_FORMAT,
 )
@@ -72,46 +73,89 @@ def response_encoding(request: Any, default: Encoding) -> Encoding:
 
 
 def _oversize(request: Any, limit: int) -> int | None:
-    """The size a request announces or has reached, if it is over `limit`."""
+    """The size a request without Block1 announces or has, if it is over `limit`."""
     announced = request.opt.size1
     if announced is not None and announced > limit:
         return int(announced)
-    block1 = request.opt.block1
-    reached = len(request.payload) + (block1.start if block1 is not None else 0)
-    return reached if reached > limit else None
+    return len(request.payload) if len(request.payload) > limit else None
+
+
+def _block(request: Any) -> Block:
+    option = request.opt.block1
+    size1 = request.opt.size1
+    return Block(
+        option.block_number,
+        bool(option.more),
+        option.size_exponent,
+        bytes(request.payload),
+        None if size1 is None else int(size1),
+    )
+
+
+def _refusal(err: UploadRefused) -> Any:
+    response = error_response(err)
+    if err.size1 is not None:
+        response.opt.size1 = err.size1
+    return response
 
 
 class Resource(resource.Resource):  # type: ignore[misc]
-    """Base of our resources; `label` names it in the counters (``label:code``)."""
+    """Base of our resources; `label` names it in the counters (``label:code``).
+
+    Block-wise request bodies are assembled here, by `uploads` (shared by a server's resources), never
+    by aiocoap: see `_block1`.
+    """
 
     label: ClassVar[str]
 
-    def __init__(self, counters: Counter[str], max_payload: int) -> None:
+    def __init__(
+        self, counters: Counter[str], max_payload: int, *, uploads: Block1Assembler | None = None
+    ) -> None:
         super().__init__()
         self.counters = counters
         self.max_payload = max_payload
+        self.uploads = uploads if uploads is not None else Block1Assembler(max_body=max_payload)
 
     async def render_to_pipe(self, pipe: Any) -> None:
-        size = _oversize(pipe.request, self.max_payload)
+        request = pipe.request
+        if request.opt.block1 is not None:
+            response = await self._render_block(request)
+            if response is not None:
+                pipe.add_response(response, is_last=True)
+            return
+        size = _oversize(request, self.max_payload)
         if size is not None:
-            refusal = error_response(
-                CoapError(
+            refusal = _refusal(
+                UploadRefused(
                     f"request of {size} bytes is over the {self.max_payload}-byte limit",
                     code=REQUEST_ENTITY_TOO_LARGE,
+                    size1=self.max_payload,
                 )
             )
-            refusal.opt.size1 = self.max_payload
             self._count(refusal)
             pipe.add_response(refusal, is_last=True)
             return
+        await super().render_to_pipe(pipe)
+
+    async def _render_block(self, request: Any) -> Any:
+        """The answer to one Block1 request: 2.31 Continue, a refusal, or the response to the whole."""
+        option = request.opt.block1
+        key = (request.remote.blockwise_key, tuple(request.opt.request_tag), tuple(request.opt.uri_path))
         try:
-            await super().render_to_pipe(pipe)
-        except ValueError:  # aiocoap's Block1 assembly: a block that does not follow the previous one
-            refusal = error_response(
-                CoapError("block does not follow the previous one", code=REQUEST_ENTITY_INCOMPLETE)
-            )
+            body = self.uploads.feed(key, _block(request), time.monotonic())
+        except UploadRefused as err:
+            refusal = _refusal(err)
+            self.counters[f"block1-refused:{err.code}"] += 1
             self._count(refusal)
-            pipe.add_response(refusal, is_last=True)
+            return refusal
+        if body is None:
+            response = aiocoap.Message(code=aiocoap.CONTINUE)
+            response.opt.block1 = option
+            return response
+        whole = request.copy(payload=body, block1=None)
+        response = await self._block2.extract_or_insert(whole, lambda: self.render(whole))
+        response.opt.block1 = option
+        return response
 
     async def render(self, request: Any) -> Any:
         try:

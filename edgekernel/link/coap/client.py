@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -50,11 +52,13 @@ class CoapClient:
 
     Every method raises `CoapError` (or its subclass for the code: `CoapBadRequest`, `CoapNotFound`,
     `CoapUnavailable`) for an error response, and a `CoapError` whose code is None when no response came
-    within `timeout` seconds or the request could not be sent. Large payloads go block-wise both ways.
+    within `timeout` seconds or the request could not be sent. Large payloads go block-wise both ways;
+    each POST carries a Request-Tag of its own, so that concurrent block-wise posts never mix.
     """
 
     def __init__(self, *, timeout: float = 30.0) -> None:
         self.timeout = timeout
+        self._tags = itertools.count(random.getrandbits(32))
         self._context: Any = None
         self._observations: set[Observation] = set()
 
@@ -95,6 +99,8 @@ class CoapClient:
         message = self._message(
             aiocoap.POST, uri, payload=payload, content_format=content_format, accept=accept
         )
+        # RFC 9175: a server tells concurrent block-wise uploads from one endpoint apart by Request-Tag
+        message.opt.request_tag = [(next(self._tags) % 2**32).to_bytes(4, "big")]
         return await self._exchange(message, uri, timeout)
 
     async def post_envelope(

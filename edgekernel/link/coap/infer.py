@@ -8,6 +8,7 @@ and an overload with `CoapUnavailable`.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from aiocoap import resource
 from aiocoap.util.linkformat import Link, LinkFormat  # type: ignore[import-untyped]
 
 from edgekernel.link.coap._base import Resource, content, request_encoding, response_encoding
+from edgekernel.link.coap._block1 import Block1Assembler
 from edgekernel.link.coap.errors import INTERNAL_SERVER_ERROR, CoapBadRequest, CoapNotFound
 from edgekernel.link.coap.formats import dumps, loads
 from edgekernel.link.coap.resources import LINK_CT
@@ -113,8 +115,9 @@ class InferSite(Resource, resource.PathCapable):  # type: ignore[misc]
         *,
         handler: InferHandler,
         models: Callable[[], Iterable[str]] | None,
+        uploads: Block1Assembler | None = None,
     ) -> None:
-        super().__init__(counters, max_payload)
+        super().__init__(counters, max_payload, uploads=uploads)
         self.handler = handler
         self.models = models
 
@@ -142,4 +145,7 @@ class InferSite(Resource, resource.PathCapable):  # type: ignore[misc]
             raise CoapError(
                 f"the outputs of {model!r} cannot be sent as {answer}: {err}", code=INTERNAL_SERVER_ERROR
             ) from err
-        return content(body, answer, code=aiocoap.CHANGED)
+        response = content(body, answer, code=aiocoap.CHANGED)
+        # a client assembling a block-wise answer can tell it is one body throughout
+        response.opt.etag = hashlib.blake2b(body, digest_size=8).digest()
+        return response

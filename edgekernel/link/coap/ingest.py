@@ -18,6 +18,7 @@ from typing import Any, Final
 import aiocoap  # type: ignore[import-untyped]
 
 from edgekernel.link.coap._base import Resource, content, request_encoding, response_encoding
+from edgekernel.link.coap._block1 import Block1Assembler
 from edgekernel.link.coap.errors import CoapBadRequest
 from edgekernel.link.coap.formats import dumps
 from edgekernel.link.coap.resources import LINK_CT
@@ -64,8 +65,9 @@ class IngestResource(Resource):
         *,
         handler: IngestHandler,
         refused: RefusedHandler | None = None,
+        uploads: Block1Assembler | None = None,
     ) -> None:
-        super().__init__(counters, max_payload)
+        super().__init__(counters, max_payload, uploads=uploads)
         self.handler = handler
         self.refused = refused
 

@@ -13,6 +13,7 @@ import aiocoap  # type: ignore[import-untyped]
 from aiocoap import resource
 
 from edgekernel.link.coap._base import TRANSPORTS
+from edgekernel.link.coap._block1 import Block1Assembler
 from edgekernel.link.coap.infer import InferHandler, InferSite
 from edgekernel.link.coap.ingest import IngestHandler, IngestResource, RefusedHandler
 from edgekernel.link.coap.resources import (
@@ -33,8 +34,10 @@ class CoapServer:
     (`refused` hears of each envelope it refuses).
 
     Port 0 binds a free port; `port` and `url` tell which. Requests over `max_payload` bytes are
-    refused with 4.13 before any block is assembled. Responses use the request's Accept, else its
-    Content-Format, else `encoding` (CBOR, as the wire contract has it on CoAP).
+    refused with 4.13 before any block is assembled, and block-wise bodies are assembled per
+    (remote, Request-Tag, resource), refusing rather than merging uploads it cannot tell apart.
+    Responses use the request's Accept, else its Content-Format, else `encoding` (CBOR, as the wire
+    contract has it on CoAP).
 
         async with CoapServer("127.0.0.1", 0, infer=kernel_infer) as server:
             server.publish("temp", envelope)
@@ -61,16 +64,20 @@ class CoapServer:
         self.counters: Counter[str] = Counter()
         self._context: Any = None
         self._telemetry: dict[str, TelemetryResource] = {}
+        uploads = Block1Assembler(max_body=max_payload)  # one limit on open uploads for the whole server
         self._site: Any = _Site()
         self._site.add_resource([".well-known", "core"], WellKnownCore(self._site))
         self._health = HealthResource(self.counters, max_payload, provider=health, default=encoding)
         self._site.add_resource(["health"], self._health)
         if infer is not None:
             self._site.add_resource(
-                ["infer"], InferSite(self.counters, max_payload, handler=infer, models=models)
+                ["infer"],
+                InferSite(self.counters, max_payload, handler=infer, models=models, uploads=uploads),
             )
         if ingest is not None:
-            ingest_resource = IngestResource(self.counters, max_payload, handler=ingest, refused=refused)
+            ingest_resource = IngestResource(
+                self.counters, max_payload, handler=ingest, refused=refused, uploads=uploads
+            )
             self._site.add_resource(["ingest"], ingest_resource)
         for stream in streams:
             self._stream(stream)

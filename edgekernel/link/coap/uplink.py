@@ -8,7 +8,10 @@ unanswered for `timeout_s` or is answered with an error that is not about the en
 every queued post, probes the gateway's ``/health`` with backoff, and counts a new connect when it
 answers. The kernel's sender then starts again from the oldest message the gateway has not
 acknowledged. A 4.00 or 4.13 answer refuses that one envelope for good (the gateway keeps it as a dead
-letter): it goes to `on_refused`, counted by code, and the link stays up.
+letter): it goes to `on_refused`, counted by code, and the link stays up. A 4.08 (a block-wise upload
+the gateway could not assemble) or a 5.03 (busy) is posted again, up to `TRIES` times in all, before the
+gateway counts as gone. An envelope queued again while the same bytes are queued or in flight is not
+posted twice: both callers get the one answer.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from edgekernel.config.models import ReconnectConfig
 from edgekernel.link.coap.client import CoapClient
 from edgekernel.link.errors import CoapError, LinkError, NotConnectedError
-from edgekernel.link.mqtt import Message, Outgoing, SessionStats
+from edgekernel.link.mqtt_values import Message, Outgoing, SessionStats
 from edgekernel.protocol import Encoding
 from edgekernel.protocol.bodies import AckBody
 
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 AckHandler = Callable[[AckBody], None]
 RefusedHandler = Callable[[bytes, CoapError], None]
 FINAL_REFUSALS = frozenset({"4.00", "4.13"})  # about the envelope itself: sending it again cannot help
+RETRIED = frozenset({"4.08", "5.03"})  # about this one transfer: the next may go through
+TRIES = 3
 
 
 @dataclass(slots=True)
@@ -61,11 +66,13 @@ class CoapUplink:
         self.reconnect = reconnect or ReconnectConfig()
         self.stats = SessionStats()
         self.refused: Counter[str] = Counter()
+        self.retried: Counter[str] = Counter()
         self._on_ack = on_ack
         self._on_refused = on_refused
         self._client = CoapClient(timeout=timeout_s)
         self._stack = contextlib.AsyncExitStack()
         self._queue: deque[_Post] = deque()
+        self._pending: dict[bytes, _Post] = {}  # queued or in flight, by payload
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
         self._gone = asyncio.Event()
@@ -122,11 +129,21 @@ class CoapUplink:
         elif qos == 0 and not self.connected:
             self.stats.dropped_qos0_offline += 1
             future.set_exception(NotConnectedError(f"no gateway; QoS 0 envelope for {topic} dropped"))
+        elif (same := self._pending.get(payload)) is not None and not same.future.done():
+            self.retried["coalesced"] += 1
+            return same.future
         else:
             self.stats.published += 1
-            self._queue.append(_Post(payload, qos, future))
+            post = _Post(payload, qos, future)
+            self._pending[payload] = post
+            future.add_done_callback(lambda _: self._forget(post))
+            self._queue.append(post)
             self._wake.set()
         return future
+
+    def _forget(self, post: _Post) -> None:
+        if self._pending.get(post.payload) is post:
+            del self._pending[post.payload]
 
     async def messages(self) -> AsyncIterator[Message]:
         """Nothing comes to a device over this link but answers; ends when the uplink closes."""
@@ -165,7 +182,7 @@ class CoapUplink:
                 continue
             connection = self.stats.connects
             try:
-                await self._post(post.payload)
+                await self._post_tries(post.payload)
             except CoapError as err:
                 post.future.set_exception(err)
                 if err.code not in FINAL_REFUSALS:
@@ -179,6 +196,19 @@ class CoapUplink:
                 continue
             if not post.future.done():
                 post.future.set_result(None)
+
+    async def _post_tries(self, payload: bytes) -> None:
+        for attempt in range(1, TRIES + 1):
+            try:
+                await self._post(payload)
+                return
+            except CoapError as err:
+                if err.code not in RETRIED or attempt == TRIES:
+                    raise
+                self.retried[err.code] += 1
+                log.info("the gateway answered %s (%s): posting again", err.code, err.diagnostic)
+                wait = min(float(err.max_age), self.timeout_s) if err.max_age else 0.05 * attempt
+                await asyncio.sleep(wait * (1 + random.random()))
 
     async def _post(self, payload: bytes, *, timeout: float | None = None) -> None:
         ack = await self._client.post_encoded(self.ingest_uri, payload, self.encoding, timeout=timeout)
