@@ -53,6 +53,9 @@ class Calls:
     async def heartbeat(self, agent: str) -> None:
         pass
 
+    async def kernel_stats(self, agent: str) -> dict[str, float]:
+        return {}
+
 
 class Counter:
     runs = 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import logging
 import os
@@ -32,6 +31,7 @@ from edgekernel.device.agents.errors import (
     AgentStoppedError,
 )
 from edgekernel.device.agents.wire import encode_frame, pack_array, read_frame, unpack_array
+from edgekernel.lifeline import guard_parent
 from edgekernel.protocol import Sample
 from edgekernel.protocol.topics import ID_PATTERN
 
@@ -144,13 +144,9 @@ class RemoteCalls:
     async def heartbeat(self, agent: str) -> None:
         return None
 
-
-def _die_with_parent(parent: int) -> None:
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(70)
+    async def kernel_stats(self, agent: str) -> dict[str, float]:
+        stats = await self._call(agent, "kernel_stats")
+        return {str(k): float(v) for k, v in stats.items()}
 
 
 def _limit_memory(memory_mb: float) -> None:
@@ -220,8 +216,7 @@ async def _main(path: str) -> int:
 
 
 def main() -> None:
-    parent = int(os.environ.get("EDGEKERNEL_PARENT_PID", os.getppid()))
-    _die_with_parent(parent)
+    guard_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the kernel's to handle
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s agent {os.getpid()} %(message)s")
     sys.exit(asyncio.run(_main(sys.argv[1])))

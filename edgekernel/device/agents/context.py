@@ -51,6 +51,8 @@ class KernelCalls(Protocol):
 
     async def heartbeat(self, agent: str) -> None: ...
 
+    async def kernel_stats(self, agent: str) -> dict[str, float]: ...
+
 
 class State:
     """The agent's persisted key/value state: reads from memory, writes committed before they return."""
@@ -156,6 +158,10 @@ class Context:
             next_at += seconds
             if next_at < time.monotonic():
                 next_at += math.ceil((time.monotonic() - next_at) / seconds) * seconds
+
+    async def kernel_stats(self) -> dict[str, float]:
+        """The kernel's own figures: inference queue depth, outbox backlog."""
+        return await self._calls.kernel_stats(self.agent)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

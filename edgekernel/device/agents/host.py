@@ -47,6 +47,7 @@ class Ports:
     publish: Callable[[str, list[Sample], bool], Awaitable[None]]  # stream, samples, best_effort
     event: Callable[[str, JsonValue], Awaitable[None]]  # type, body (the agent's name is in it)
     sensor_streams: frozenset[str] = frozenset()
+    stats: Callable[[], dict[str, float]] = dict
 
 
 @dataclass(slots=True)
@@ -211,6 +212,10 @@ class AgentHost:
 
     async def heartbeat(self, agent: str) -> None:
         return None
+
+    async def kernel_stats(self, agent: str) -> dict[str, float]:
+        self._of(agent)
+        return self.ports.stats()
 
     def _check_stream(self, agent: str, stream: str) -> None:
         if not _ID.match(stream):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from edgekernel.config.agents import AgentSpec
 from edgekernel.device.agents.errors import AgentConfigError, AgentError, AgentQuotaError
 from edgekernel.device.agents.wire import WireError, encode_frame, pack_array, read_frame, unpack_array
+from edgekernel.lifeline import child_env
 from edgekernel.protocol import Sample
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class ProcessExecution:
         loop = asyncio.get_running_loop()
         self._connected = loop.create_future()
         self._server = await asyncio.start_unix_server(self._accept, path=str(self._path))
-        env = {**os.environ, "EDGEKERNEL_PARENT_PID": str(os.getpid())}
+        env = child_env()
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -207,20 +208,19 @@ class ProcessExecution:
         if call == "publish":
             samples = [Sample.model_validate({"ts": ts, "value": value}) for ts, value in args["samples"]]
             await host.publish(name, str(args["stream"]), samples, bool(args.get("best_effort", False)))
-            return None
-        if call == "event":
+        elif call == "event":
             await host.event(name, str(args["type"]), args.get("body"))
-            return None
-        if call == "subscribe":
+        elif call == "subscribe":
             self._subscribe(call_id, str(args["stream"]), int(args.get("depth", 1024)))
-            return None
-        if call == "state_set":
+        elif call == "state_set":
             await host.state_set(name, str(args["key"]), args.get("value"))
-            return None
-        if call == "state_delete":
+        elif call == "state_delete":
             await host.state_delete(name, str(args["key"]))
-            return None
-        raise WireError(name, f"no kernel call {call!r}")
+        elif call == "kernel_stats":
+            return await host.kernel_stats(name)
+        else:
+            raise WireError(name, f"no kernel call {call!r}")
+        return None
 
     def _subscribe(self, sub_id: int, stream: str, depth: int) -> None:
         try:
