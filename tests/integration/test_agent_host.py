@@ -49,11 +49,13 @@ class Kernel:
             raise KeyError(f"no model {model!r}")
         return [np.asarray(inputs[0], dtype=np.float32) * 2]
 
-    async def publish(self, stream: str, samples: list[Sample], best_effort: bool) -> None:
+    async def publish(self, stream: str, samples: list[Sample], best_effort: bool) -> bool:
         self.published.extend((stream, s) for s in samples)
+        return True
 
-    async def event(self, event_type: str, body: JsonValue) -> None:
-        self.events.append((event_type, body))
+    async def event(self, event_type: str, agent: str, data: JsonValue) -> bool:
+        self.events.append((event_type, {"agent": agent, "data": data}))
+        return True
 
     def on(self, stream: str) -> list[Sample]:
         return [s for name, s in self.published if name == stream]

@@ -44,8 +44,8 @@ class Ports:
     """What the kernel lends the agents."""
 
     infer: Callable[[str, str, list[FloatArray], int, float | None], Awaitable[list[FloatArray]]]
-    publish: Callable[[str, list[Sample], bool], Awaitable[None]]  # stream, samples, best_effort
-    event: Callable[[str, JsonValue], Awaitable[None]]  # type, body (the agent's name is in it)
+    publish: Callable[[str, list[Sample], bool], Awaitable[bool]]  # stream, samples, best_effort
+    event: Callable[[str, str, JsonValue], Awaitable[bool]]  # type, agent, data
     sensor_streams: frozenset[str] = frozenset()
     stats: Callable[[], dict[str, float]] = dict
 
@@ -76,11 +76,17 @@ class AgentHost:
         self._usage: dict[str, _Usage] = {}
         self._owners: dict[str, str] = {}  # output stream -> the agent that publishes it
         self._closed = False
+        self._applying = asyncio.Lock()
         self._processes: weakref.WeakSet[ProcessExecution] = weakref.WeakSet()
 
     # -- running the agents ---------------------------------------------------------------------
 
     async def apply(self, specs: Sequence[AgentSpec]) -> None:
+        """Run exactly `specs` (one change at a time: a newer list waits for the one before)."""
+        async with self._applying:
+            await self._apply(specs)
+
+    async def _apply(self, specs: Sequence[AgentSpec]) -> None:
         for spec in specs:
             known = self._usage.get(spec.name)
             if known is None or known.spec != spec:
@@ -179,7 +185,9 @@ class AgentHost:
         if owner != agent:
             raise AgentError(agent, f"stream {stream!r} is {owner}'s output; pick another name")
         self.bus.publish(stream, checked)
-        await self.ports.publish(stream, checked, best_effort)
+        if not await self.ports.publish(stream, checked, best_effort):
+            usage.counters["publish_refused:outbox"] += 1
+            raise AgentError(agent, f"the outbox refused {stream}'s samples (full, or a full disk)")
         usage.counters["published"] += len(checked)
 
     async def event(self, agent: str, event_type: str, body: JsonValue) -> None:
@@ -191,7 +199,9 @@ class AgentHost:
         except AgentQuotaError:
             usage.counters["event_refused:rate"] += 1
             raise
-        await self.ports.event(event_type, {"agent": agent, "data": body})
+        if not await self.ports.event(event_type, agent, body):
+            usage.counters["event_refused:outbox"] += 1
+            raise AgentError(agent, f"the outbox refused the {event_type} event (full, or a full disk)")
         usage.counters["events"] += 1
 
     def subscribe(self, agent: str, stream: str, depth: int) -> Subscription[Sample]:
