@@ -45,17 +45,32 @@ def setup_logging(verbose: int = 0, *, quiet: bool = False) -> None:
 Main = Callable[[asyncio.Event], Awaitable[None]]
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def run_until_signal(main: Main, *, duration: float | None = None) -> None:
-    """Run `main(stop)` until SIGINT/SIGTERM or `duration` seconds, whichever comes first."""
+    """Run `main(stop)` until SIGINT/SIGTERM or `duration` seconds, whichever comes first.
+
+    The signals get plain Python handlers, not the loop's: those are told through the loop's wake-up
+    pipe, which a loop too busy to read it (thousands of paho callbacks, each writing to it) lets fill,
+    and the signal is then lost. A Python handler runs in the main thread whatever the loop is doing;
+    it queues `stop.set` on the loop, which runs it at its next turn."""
 
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        if duration is not None:
-            loop.call_later(duration, stop.set)
-        await main(stop)
+
+        def on_signal(signum: int, frame: object) -> None:
+            loop.call_soon_threadsafe(stop.set)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+        try:
+            if duration is not None:
+                loop.call_later(duration, stop.set)
+            await main(stop)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     asyncio.run(runner())
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 from collections import Counter
 from collections.abc import Coroutine, Sequence
 from dataclasses import asdict
@@ -81,11 +82,15 @@ from edgekernel.protocol import (
 )
 from edgekernel.protocol.bodies import AckBody, DesiredBody
 
+_DIRECTORIES = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s/\\'\":]+[/\\])+")  # keeps the file name
 log = logging.getLogger(__name__)
 
 MAX_PACKET_BYTES = (
     4 * DEFAULT_MAX_PAYLOAD
 )  # the broker drops bigger packets; smaller oversized ones are counted
+
+
+FLUSH_AT_STOP_S = 5.0
 
 
 class Kernel:
@@ -260,9 +265,33 @@ class Kernel:
             await self.agents.close()
             for worker in workers:
                 worker.cancel()
-        for stream in self.streams:
-            await stream.flush()  # committed to the outbox: sent after the next start if not now
+        await self._flush_at_stop()
         await self.session.close(last=self._status(online=False))
+
+    async def _flush_at_stop(self) -> None:
+        """Commit what the sensors hold (sent after the next start if not now), for at most
+        FLUSH_AT_STOP_S: a full outbox that blocks must not hold the stop up. What is left is counted."""
+        held = {stream: stream.held for stream in self.streams if stream.held}
+        flushed: set[SensorStream] = set()
+
+        async def flush(stream: SensorStream) -> None:
+            await stream.flush()
+            flushed.add(stream)
+
+        try:
+            async with asyncio.timeout(FLUSH_AT_STOP_S):
+                await asyncio.gather(*(flush(stream) for stream in held))
+        except TimeoutError:
+            lost = {stream: count for stream, count in held.items() if stream not in flushed}
+            self.counters["samples_lost_at_stop"] += sum(lost.values())
+            log.warning(
+                "%s: %d samples of %d streams not committed at the stop: the outbox had no room for them "
+                "within %g s",
+                self.device,
+                sum(lost.values()),
+                len(lost),
+                FLUSH_AT_STOP_S,
+            )
 
     async def _run_sensors(self) -> None:
         """Sensors start with the first connection, so a best-effort stream loses nothing at boot."""
@@ -479,7 +508,8 @@ class Kernel:
         except (OverloadError, QuotaError, DeadlineError, SchedulerClosedError) as err:
             raise CoapUnavailable(str(err)) from err
         except (InferenceError, ModelError) as err:
-            raise CoapBadRequest(str(err)) from err
+            # a CoAP client learns what is wrong with its request, not where the device keeps its files
+            raise CoapBadRequest(f"model {model}: {_DIRECTORIES.sub('', err.detail)}") from err
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(work)

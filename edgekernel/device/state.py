@@ -110,9 +110,10 @@ class DeviceState:
                 raise StateError(f"cannot write device state {self.path}: {err}") from err
 
     def next_boot(self) -> int:
-        """A new boot id, one per connection attempt. If the disk refuses the write (full), the id is
-        still new for this run, and the next write that succeeds keeps the counter at or above it;
-        a restart before that may reuse ids given while the disk was full."""
+        """A new boot id, one per connection the broker took (taken before CONNECT). If the disk
+        refuses the write (full), the id is still new for this run, and the next write that succeeds
+        keeps the counter at or above it; a restart before that may reuse ids given while the disk
+        was full."""
         with self._lock:
             wanted = self.boot + 1
             try:

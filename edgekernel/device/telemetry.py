@@ -38,6 +38,11 @@ class SensorStream:
     def samples(self) -> int:
         return self.source.produced
 
+    @property
+    def held(self) -> int:
+        """Samples taken and not yet handed to `emit`."""
+        return len(self._pending)
+
     def _tick_s(self) -> float:
         per_sample = 1.0 / self.config.rate_hz
         wait = self.config.batch.max_wait_ms / 1000.0

@@ -3,7 +3,7 @@
 paho's network thread does the I/O; every callback hands over to the asyncio loop at once with
 ``call_soon_threadsafe`` and never blocks. The session keeps a persistent broker session
 (``clean_start=False`` with a session expiry), re-subscribes on every connect, publishes a birth
-message on every connect and arms a Last Will before every connect attempt, and reconnects with
+message on every connect and arms a Last Will before every CONNECT, and reconnects with
 exponential backoff and jitter. paho's own loop waits out the backoff (set before each wait with
 ``reconnect_delay_set``): a wait inside a callback would run after paho stamped the attempt's start,
 and paho would take a backoff longer than the keepalive for a dead connection right after CONNECT.
@@ -77,7 +77,7 @@ def _guarded(method: Callable[..., None]) -> Callable[..., None]:
             self.stats.callback_errors += 1
             self.stats.last_error = f"{method.__name__.lstrip('_')}: {err}"
             log.exception("%s: error in %s", self.client_id, method.__name__)
-            if method.__name__ == "_before_connect":
+            if method.__name__ in ("_before_connect", "_arm_will"):
                 raise ConnectionAbortedError(str(err)) from err
 
     return wrapper
@@ -144,6 +144,7 @@ class MqttSession:
             if self.broker.tls is not None and self.broker.tls.insecure:
                 client.tls_insecure_set(True)
         client.on_pre_connect = self._before_connect
+        client.on_socket_open = self._arm_will
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -398,6 +399,11 @@ class MqttSession:
             raise ConnectionAbortedError("session closed")
         self._attempt += 1
         self._refused = False
+
+    @_guarded
+    def _arm_will(self, client: paho.Client, userdata: object, sock: object) -> None:
+        """Once the broker took the connection, before CONNECT: a new Will (for a device, with a new
+        boot id, so one per connection the broker saw, not per refused attempt)."""
         if self._will is not None:
             will = self._will()
             client.will_set(

@@ -72,6 +72,8 @@ def test_devices_with_short_keepalives_come_back_after_a_minute_without_broker(
         )
         wait_stored(tmp_path, more_than_now(tmp_path, names, 10))
         assert statuses(tmp_path) == after, "a device connected again (its boot id climbs)"
+        # one new connection after the outage: attempts the closed port refused take no boot id
+        assert {n: after[n][1] - before[n][1] for n in names} == dict.fromkeys(names, 1)
     for name in names:
         check_exactly_once(tmp_path, name)
         during = [ts for _, ts in stored(tmp_path, name) if down_at < ts < up_at]

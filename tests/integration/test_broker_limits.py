@@ -86,18 +86,18 @@ def test_a_256_byte_packet_limit_splits_batches_and_dead_letters_what_never_fits
             gw_task = asyncio.create_task(gw.run(stop_gw))
             await gw.session.wait_subscribed(DEADLINE_S)
             dev_task = asyncio.create_task(kernel.run(stop_dev))
-            await wait_until(lambda: len(stored_samples(store)) >= 100, what="100 parts stored")
-            await wait_until(
-                lambda: kernel.outbox.stats().dead == 1, what="the oversized message dead-lettered"
-            )
+            try:
+                await wait_until(lambda: len(stored_samples(store)) >= 100, what="100 parts stored")
+                await wait_until(lambda: kernel.outbox.stats().dead == 1, what="the oversized one dead")
+                stats = await kernel._stats(None)  # type: ignore[arg-type]  # what `device stats` shows
+            finally:
+                stop_dev.set()
+                await dev_task
+                stop_gw.set()
+                await gw_task
             assert isinstance(kernel.session, MqttSession)
             assert kernel.session.limits.maximum_packet_size == 256
             assert kernel.counters["telemetry_split"] > 0
-            stats = await kernel._stats(None)  # type: ignore[arg-type]  # what `device stats` shows
-            stop_dev.set()
-            await dev_task
-            stop_gw.set()
-            await gw_task
             assert isinstance(stats, dict)
             counters, link = stats["counters"], stats["link"]
             assert isinstance(counters, dict)
@@ -154,7 +154,11 @@ class InFlightCounter:
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self._writers.append(client_w)
-        broker_r, broker_w = await asyncio.open_connection(self.broker.host, self.broker.port)
+        try:
+            broker_r, broker_w = await asyncio.open_connection(self.broker.host, self.broker.port)
+        except OSError:  # the broker is down: so is the client's connection
+            client_w.close()
+            return
         self._writers.append(broker_w)
         for task in (
             self._relay(client_r, broker_w, self._from_client, 0.0),
@@ -201,7 +205,12 @@ class InFlightCounter:
             self.unacked.discard(int.from_bytes(body[:2], "big"))
 
 
-def test_never_more_unacknowledged_publishes_than_the_brokers_receive_maximum(tmp_path: Path) -> None:
+@pytest.mark.parametrize("offline", [False, True], ids=["connected", "queued-offline"])
+def test_never_more_unacknowledged_publishes_than_the_brokers_receive_maximum(
+    tmp_path: Path, offline: bool
+) -> None:
+    """20 QoS 1 publishes at once, to a connected session, or to one whose broker is down and then
+    comes back: the broker announced Receive Maximum 2."""
     with Mosquitto(tmp_path / "broker", max_inflight_messages=2) as broker:
 
         async def scenario() -> None:
@@ -210,7 +219,12 @@ def test_never_more_unacknowledged_publishes_than_the_brokers_receive_maximum(tm
                 async with MqttSession(config, client_id="burst") as session:
                     await session.wait_connected(DEADLINE_S)
                     assert session.limits.receive_maximum == 2
+                    if offline:
+                        broker.stop()
+                        await wait_until(lambda: not session.connected, what="the session to see it")
                     queued = [session.publish_nowait("t/x", b"%d" % i, qos=1) for i in range(20)]
+                    if offline:
+                        broker.start()
                     await asyncio.wait_for(asyncio.gather(*queued), DEADLINE_S)
                     assert relay.published == 20
                     assert relay.peak == 2, f"{relay.peak} QoS 1 publishes unacknowledged at once"

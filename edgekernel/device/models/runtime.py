@@ -25,6 +25,7 @@ class ModelError(EdgeKernelError):
 
     def __init__(self, message: str, *, model: str | None = None) -> None:
         self.model = model
+        self.detail = message  # without the model, which a session names by its file's path
         super().__init__(f"model {model}: {message}" if model else message)
 
 

@@ -13,6 +13,7 @@ import aiocoap  # type: ignore[import-untyped]
 from aiocoap import resource
 
 from edgekernel.link.coap._block1 import Block, Block1Assembler, UploadRefused
+from edgekernel.link.coap._guard import GuardedPipe
 from edgekernel.link.coap.errors import (
     INTERNAL_SERVER_ERROR,
     NOT_ACCEPTABLE,
@@ -117,6 +118,7 @@ class Resource(resource.Resource):  # type: ignore[misc]
         self.uploads = uploads if uploads is not None else Block1Assembler(max_body=max_payload)
 
     async def render_to_pipe(self, pipe: Any) -> None:
+        pipe = GuardedPipe(pipe, self.counters)
         request = pipe.request
         if request.opt.block1 is not None:
             response = await self._render_block(request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -13,6 +14,7 @@ from typing import Any, Self
 import aiocoap  # type: ignore[import-untyped]
 
 from edgekernel.link.coap._base import TRANSPORTS
+from edgekernel.link.coap._guard import guard_datagrams
 from edgekernel.link.coap.errors import error_for
 from edgekernel.link.coap.formats import CONTENT_FORMATS, encoding_of, loads
 from edgekernel.link.errors import CoapError
@@ -59,6 +61,7 @@ class CoapClient:
     def __init__(self, *, timeout: float = 30.0) -> None:
         self.timeout = timeout
         self._tags = itertools.count(random.getrandbits(32))
+        self.counters: Counter[str] = Counter()
         self._context: Any = None
         self._observations: set[Observation] = set()
 
@@ -67,6 +70,7 @@ class CoapClient:
             self._context = await aiocoap.Context.create_client_context(transports=TRANSPORTS)
         except (OSError, aiocoap.error.Error) as err:
             raise CoapError(f"cannot open a CoAP client: {err}") from err
+        guard_datagrams(self._context, self.counters)
         return self
 
     async def __aexit__(

@@ -68,7 +68,8 @@ class HealthResource(Resource):
         self.started = time.monotonic()
 
     async def render_get(self, request: Any) -> Any:
-        encoding = response_encoding(request, self.default)
+        accept = request.opt.accept
+        encoding = self.default if accept is None else response_encoding(request, self.default)
         health = self.provider() if self.provider is not None else Health()
         counters = {f"coap.{key}": value for key, value in sorted(self.counters.items())}
         counters.update(health.counters)

@@ -14,6 +14,7 @@ from aiocoap import resource
 
 from edgekernel.link.coap._base import TRANSPORTS
 from edgekernel.link.coap._block1 import Block1Assembler
+from edgekernel.link.coap._guard import guard_datagrams
 from edgekernel.link.coap.infer import InferHandler, InferSite
 from edgekernel.link.coap.ingest import IngestHandler, IngestResource, RefusedHandler
 from edgekernel.link.coap.resources import (
@@ -37,7 +38,7 @@ class CoapServer:
     refused with 4.13 before any block is assembled, and block-wise bodies are assembled per
     (remote, Request-Tag, resource), refusing rather than merging uploads it cannot tell apart.
     Responses use the request's Accept, else its Content-Format, else `encoding` (CBOR, as the wire
-    contract has it on CoAP).
+    contract has it on CoAP); ``/health`` answers JSON unless asked for CBOR with Accept 60.
 
         async with CoapServer("127.0.0.1", 0, infer=kernel_infer) as server:
             server.publish("temp", envelope)
@@ -67,7 +68,8 @@ class CoapServer:
         uploads = Block1Assembler(max_body=max_payload)  # one limit on open uploads for the whole server
         self._site: Any = _Site()
         self._site.add_resource([".well-known", "core"], WellKnownCore(self._site))
-        self._health = HealthResource(self.counters, max_payload, provider=health, default=encoding)
+        # /health is read by people and monitors: JSON unless asked for CBOR (Accept 60)
+        self._health = HealthResource(self.counters, max_payload, provider=health, default=Encoding.JSON)
         self._site.add_resource(["health"], self._health)
         if infer is not None:
             self._site.add_resource(
@@ -115,6 +117,7 @@ class CoapServer:
             )
         except (OSError, aiocoap.error.Error) as err:
             raise CoapError(f"cannot serve CoAP on {self.url}: {err}") from err
+        guard_datagrams(self._context, self.counters)
         if self._port == 0:
             self._port = _bound_port(self._context)
         self._health.restart_clock()
