@@ -4,28 +4,33 @@ the kernel."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from edgekernel.cli.main import app
 from edgekernel.link import Mosquitto
 from edgekernel.protocol import EventBody, TelemetryBody, decode, topics
 from tests.agents.install import install
 from tests.waiting import DEADLINE_S
 
-from .helpers import Collector
+from .helpers import Collector, poll
 
 pytestmark = pytest.mark.integration
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 FLEET = "plant"
+runner = CliRunner()
 
 
 def readme_block(language: str, first_line: str) -> str:
@@ -159,3 +164,53 @@ def test_the_readme_agent_installs_runs_and_keeps_its_state(
             )
 
     asyncio.run(scenario())
+
+
+def test_agent_restart_clears_a_broken_agent_and_device_stats_shows_it(
+    broker: Mosquitto, tmp_path: Path, run_device: Callable[[Path], subprocess.Popen[bytes]]
+) -> None:
+    keys = tmp_path / "keys"
+    assert runner.invoke(app, ["fleet", "keygen", "--out", str(keys)]).exit_code == 0
+    config = tmp_path / "dev-01.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "fleet": FLEET,
+                "device": "dev-01",
+                "data_dir": str(tmp_path / "data"),
+                "broker": {"url": broker.url},
+                "fleet_keys": [str(keys / "fleet.pub")],
+                "agents": [{"name": "crasher", "agent": "crash", "max_failures": 2, "backoff_first_s": 0.1}],
+            }
+        )
+    )
+    run_device(config)
+    common = ["--broker", broker.url, "--fleet", FLEET, "--key", str(keys / "fleet.key"), "--timeout", "30"]
+
+    def stats() -> dict[str, Any]:
+        result = runner.invoke(app, ["fleet", "call", "dev-01", "stats", *common, "--json"])
+        return json.loads(result.output)["result"] if result.exit_code == 0 else {}
+
+    def crasher() -> dict[str, Any] | None:
+        agents = stats().get("agents", [])
+        return agents[0] if agents and agents[0]["state"] == "broken" else None
+
+    broken = poll(crasher, 2 * DEADLINE_S, "the crasher broken")
+    assert broken["failures"] == 2
+    assert "crashed on purpose" in broken["last_error"]
+    table = runner.invoke(app, ["device", "stats", "dev-01", *common])
+    assert table.exit_code == 0, table.output
+    assert "crasher" in table.output
+    assert "broken" in table.output
+    result = runner.invoke(
+        app, ["fleet", "call", "dev-01", "agent-restart", 'agent="nobody"', *common, "--json"]
+    )
+    assert result.exit_code == 1
+    assert json.loads(result.output)["error"]["reason"] == "unknown-agent"
+    result = runner.invoke(
+        app, ["fleet", "call", "dev-01", "agent-restart", 'agent="crasher"', *common, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    poll(
+        lambda: (a := stats().get("agents")) and a[0]["failures"] >= 3 and a, 2 * DEADLINE_S, "a run after it"
+    )
