@@ -11,6 +11,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.highlighter import NullHighlighter
 from rich.logging import RichHandler
 from rich.markup import escape
 
@@ -36,7 +37,14 @@ def fail(message: str, code: Exit = Exit.FAILED) -> NoReturn:
 
 def setup_logging(verbose: int = 0, *, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False, markup=False)
+    # no highlighter: its regexes take seconds on a long line (25 s on a 60,000-character topic)
+    handler = RichHandler(
+        console=err_console,
+        show_path=False,
+        rich_tracebacks=False,
+        markup=False,
+        highlighter=NullHighlighter(),
+    )
     logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[handler], force=True)
     if verbose < 2:
         logging.getLogger("asyncio").setLevel(logging.WARNING)

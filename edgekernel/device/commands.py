@@ -30,6 +30,7 @@ from edgekernel.protocol import (
     VerifiedCommand,
     encode,
 )
+from edgekernel.protocol.text import shorten
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class Commands:
             )
         except ValueError as err:  # paho refuses a response topic with a wildcard; the broker passes it
             self.counters["bad-response-topic"] += 1
-            log.warning("cannot reply on %r: %s", message.response_topic[:200], err)
+            log.warning("cannot reply on %r: %s", shorten(message.response_topic), err)
             return
         future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
 

@@ -81,6 +81,7 @@ from edgekernel.protocol import (
     topics,
 )
 from edgekernel.protocol.bodies import AckBody, DesiredBody
+from edgekernel.protocol.text import shorten
 
 _DIRECTORIES = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s/\\'\":]+[/\\])+")  # keeps the file name
 log = logging.getLogger(__name__)
@@ -440,7 +441,7 @@ class Kernel:
             envelope = inbound(topic, message.payload).envelope
         except ProtocolError as err:
             self.counters[f"rejected:{err.reason}"] += 1
-            log.warning("refused message on %s [%s]: %s", message.topic, err.reason, err)
+            log.warning("refused message on %s [%s]: %s", shorten(message.topic), err.reason, err)
             return
         self.counters[f"received:{topic.kind.value}"] += 1
         if topic.kind is TopicKind.DESIRED:
@@ -484,20 +485,14 @@ class Kernel:
         except ProtocolError:
             seq = None
         self.counters["refused_by_gateway"] += 1
-        log.error("the gateway refused envelope seq %s for good: %s", seq, err)
+        log.error("the gateway refused envelope seq %s for good: %s", seq, shorten(str(err)))
         if seq is not None:
             self._spawn(self.outbox.bury([(seq, seq)], f"{err.code}: {err.diagnostic}"))
 
     # -- CoAP -------------------------------------------------------------------------------
 
     def _health(self) -> Health:
-        backlog = self._backlog()
-        counters = {f"kernel.{key}": value for key, value in self.counters.items()}
-        if backlog is not None:
-            counters["outbox.pending"] = backlog.pending
-            counters["outbox.dropped"] = backlog.dropped
-        counters["link.connected"] = int(self.session.connected)
-        return Health(status="ok" if self.session.connected else "offline", counters=counters)
+        return report.health(self.counters, self._backlog(), connected=self.session.connected)
 
     async def _coap_infer(self, model: str, inputs: list[FloatArray]) -> list[FloatArray]:
         """``POST /infer/{model}`` as the agent "coap"; the scheduler's refusals become CoAP codes."""

@@ -3,12 +3,15 @@ summaries of its models, inference, outbox backlog and agents, built from the pa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pydantic import JsonValue
 
 from edgekernel.config.kernel import ModelSpec
 from edgekernel.device.agents.host import AgentHost
 from edgekernel.device.inference import Inference
 from edgekernel.link import Outbox, OutboxError
+from edgekernel.link.coap import Health
 from edgekernel.protocol import AgentReport, BacklogSummary, InferenceSummary, ModelState
 
 
@@ -85,3 +88,13 @@ def plain(value: object) -> JsonValue:
         return value
     ranges = getattr(value, "ranges", None)
     return [list(r) for r in ranges] if ranges is not None else str(value)
+
+
+def health(counters: Mapping[str, int], backlog: BacklogSummary | None, *, connected: bool) -> Health:
+    """CoAP ``/health``: the kernel's counters, the backlog and whether the link is up."""
+    values = {f"kernel.{key}": value for key, value in counters.items()}
+    if backlog is not None:
+        values["outbox.pending"] = backlog.pending
+        values["outbox.dropped"] = backlog.dropped
+    values["link.connected"] = int(connected)
+    return Health(status="ok" if connected else "offline", counters=values)

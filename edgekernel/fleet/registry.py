@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from edgekernel.config.models import BrokerConfig
 from edgekernel.link import Message, MqttSession
 from edgekernel.protocol import ProtocolError, ReportedBody, StatusBody, TopicKind, decode, topics
+from edgekernel.protocol.text import shorten
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Registry:
                 return
         except ProtocolError as err:
             self.counters[f"rejected:{err.reason}"] += 1
-            log.warning("ignored bad message on %s: %s", message.topic, err)
+            log.warning("ignored bad message on %s: %s", shorten(message.topic), err)
             return
         self.devices[topic.device] = view
 

@@ -54,6 +54,7 @@ from edgekernel.protocol import (
     topics,
 )
 from edgekernel.protocol.bodies import AckBody
+from edgekernel.protocol.text import shorten
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +368,7 @@ class Gateway:
             return None
         if topic is not None and (
             topic.fleet != self.fleet
-            or topic.kind is not _DURABLE_KINDS[envelope.type]
+            or topic.kind is not _NAMED_BY[envelope.type][0]
             or topic.device != envelope.src
         ):
             return None
@@ -570,7 +571,11 @@ class Gateway:
         self.counters[f"rejected:{err.reason}"] += 1
         self.counters["rejected"] += 1
         log.warning(
-            "refused message on %s [%s, %d bytes]: %s", message.topic, err.reason, len(message.payload), err
+            "refused message on %s [%s, %d bytes]: %s",
+            shorten(message.topic),
+            err.reason,
+            len(message.payload),
+            err,
         )
         whole = dead_letter is not None
         self._rejected.append(
@@ -582,16 +587,14 @@ class Gateway:
                 self._dead_letters.append(dead_letter)
 
 
-_DURABLE_KINDS = {"telemetry": TopicKind.TELEMETRY, "event": TopicKind.EVENTS}
+_NAMED_BY = {"telemetry": (TopicKind.TELEMETRY, "stream"), "event": (TopicKind.EVENTS, "type")}
 COAP_INGEST_TOPIC = "coap:/ingest"  # what the rejected table names as the topic of a refused CoAP post
 
 
 def _implied_topic(fleet: str, envelope: Envelope) -> Topic:
     """The topic an envelope posted over CoAP would have had over MQTT."""
-    if envelope.type == "telemetry":
-        stream = envelope.body.get("stream")
-        return Topic(fleet, envelope.src, TopicKind.TELEMETRY, stream if isinstance(stream, str) else None)
-    if envelope.type == "event":
-        kind = envelope.body.get("type")
-        return Topic(fleet, envelope.src, TopicKind.EVENTS, kind if isinstance(kind, str) else None)
+    if envelope.type in _NAMED_BY:
+        kind, key = _NAMED_BY[envelope.type]
+        name = envelope.body.get(key)
+        return Topic(fleet, envelope.src, kind, name if isinstance(name, str) else None)
     return Topic(fleet, envelope.src, TopicKind(envelope.type))
