@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,3 +32,13 @@ def persistent_broker(tmp_path: Path, mosquitto_binary: Path) -> Iterator[Mosqui
     """A fresh broker that saves its state (autosave every second) across restarts."""
     with Mosquitto(tmp_path / "broker", persistence=True) as instance:
         yield instance
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run an `async def` test in a fresh event loop (the project needs no asyncio plugin)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    asyncio.run(pyfuncitem.obj(**args))
+    return True

@@ -329,3 +329,14 @@ def render_stats(stats: Mapping[str, object]) -> None:
         print_fitted(
             console, [Column(c, keep=len(names) - i) for i, c in enumerate(names)], rows, title="models"
         )
+    agents = stats.get("agents")
+    if isinstance(agents, list) and agents:
+        render_agents([a for a in agents if isinstance(a, dict)])
+
+
+def render_agents(agents: list[dict[str, object]]) -> None:
+    """One line an agent: its state, restarts and failures, and its last error (cut to fit)."""
+    names = ("name", "agent", "isolation", "state", "restarts", "failures", "last_error")
+    rows = [[Text(str(a.get(c, ""))) for c in names] for a in agents]
+    keep = {"name": 7, "state": 6, "restarts": 5, "failures": 4, "agent": 3, "isolation": 2, "last_error": 1}
+    print_fitted(console, [Column(c, keep=keep[c]) for c in names], rows, title="agents")

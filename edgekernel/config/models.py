@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from edgekernel.config.agents import AgentSpec
 from edgekernel.config.base import FilePath, Id, Model
 from edgekernel.config.kernel import KernelConfig
 from edgekernel.config.outbox import OutboxConfig
@@ -209,10 +210,24 @@ class DeviceConfig(Model):
         default_factory=list, description="the fleet's public keys (PEM): commands signed by them are run"
     )
     coap: DeviceCoapConfig | None = Field(None, description="CoAP server, and the CoAP-only mode")
+    agents: Annotated[list[AgentSpec], Field(max_length=256)] = Field(
+        default_factory=list,
+        description="the agents this device runs; the fleet may add more on …/desired",
+    )
 
     @property
     def coap_only(self) -> bool:
         return self.coap is not None and self.coap.gateway_url is not None
+
+    @field_validator("agents")
+    @classmethod
+    def _unique_agents(cls, agents: list[AgentSpec]) -> list[AgentSpec]:
+        seen: set[str] = set()
+        for agent in agents:
+            if agent.name in seen:
+                raise ValueError(f"agent {agent.name!r} is configured twice")
+            seen.add(agent.name)
+        return agents
 
     @field_validator("sensors")
     @classmethod

@@ -18,20 +18,24 @@ import functools
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from pydantic import JsonValue
+from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from edgekernel import __version__
+from edgekernel.config.agents import AgentSpec
 from edgekernel.config.models import DeviceConfig, SensorConfig
-from edgekernel.device import capabilities
-from edgekernel.device.commands import Commands, ping_result
+from edgekernel.device import capabilities, report
+from edgekernel.device.agents.host import AgentHost, Ports
+from edgekernel.device.agents.lifecycle import Change
+from edgekernel.device.commands import CommandError, Commands, ping_result
 from edgekernel.device.inference import Inference
 from edgekernel.device.logsink import MqttLogHandler
 from edgekernel.device.models.manager import UnknownModelError
 from edgekernel.device.models.runtime import FloatArray, InferenceError, ModelError
+from edgekernel.device.publisher import Publisher
 from edgekernel.device.scheduler.errors import (
     DeadlineError,
     OverloadError,
@@ -39,14 +43,11 @@ from edgekernel.device.scheduler.errors import (
     SchedulerClosedError,
 )
 from edgekernel.device.state import DataDirLock, DeviceState
-from edgekernel.device.telemetry import SensorStream, split_to_fit
+from edgekernel.device.telemetry import SensorStream
 from edgekernel.link import (
     Message,
     MqttSession,
     Outbox,
-    OutboxError,
-    OutboxFullError,
-    OutboxStorageError,
     Outgoing,
     PacketTooLargeError,
 )
@@ -65,11 +66,11 @@ from edgekernel.protocol import (
     BacklogSummary,
     Capabilities,
     Encoding,
-    Envelope,
     InferenceSummary,
     ModelState,
     ProtocolError,
     ReportedBody,
+    Sample,
     StatusBody,
     TelemetryBody,
     TopicKind,
@@ -80,7 +81,6 @@ from edgekernel.protocol import (
     topics,
 )
 from edgekernel.protocol.bodies import AckBody, DesiredBody
-from edgekernel.protocol.envelope import MAX_EPOCH, MAX_SEQ
 from edgekernel.protocol.text import shorten
 
 _DIRECTORIES = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s/\\'\":]+[/\\])+")  # keeps the file name
@@ -89,7 +89,6 @@ log = logging.getLogger(__name__)
 MAX_PACKET_BYTES = (
     4 * DEFAULT_MAX_PAYLOAD
 )  # the broker drops bigger packets; smaller oversized ones are counted
-SIZE_MARGIN = 8  # an envelope's time may be written with a few more digits when it is committed
 
 
 FLUSH_AT_STOP_S = 5.0
@@ -137,6 +136,7 @@ class Kernel:
             )
             self.commands.register("ping", self._ping)
             self.commands.register("stats", self._stats)
+            self.commands.register("agent-restart", self._agent_restart)
         self.coap: CoapServer | None = None
         if coap is not None and coap.serve:
             self.coap = CoapServer(
@@ -151,7 +151,31 @@ class Kernel:
         self.streams: list[SensorStream] = []
         self.inference = Inference(config.kernel, cache_dir=config.data_dir / "model-cache")
         self.outbox = Outbox(config.data_dir / "outbox.db", config.outbox)
+        self.publisher = Publisher(
+            self.fleet,
+            self.device,
+            encoding=config.encoding,
+            session=self.session,
+            outbox=self.outbox,
+            coap=self.coap,
+            counters=self.counters,
+        )
         self._background: set[asyncio.Task[Any]] = set()
+        self.agents = AgentHost(
+            self.device,
+            config.data_dir,
+            Ports(
+                infer=lambda agent, model, inputs, priority, deadline_s: self.infer(
+                    agent, model, inputs, priority=priority, deadline_s=deadline_s
+                ),
+                publish=self._agent_publish,
+                event=self.publisher.event,
+                sensor_streams=frozenset(sensor.stream for sensor in config.sensors),
+                stats=self._kernel_figures,
+            ),
+            on_change=self._agent_changed,
+        )
+        self._desired_agents: list[AgentSpec] = []
 
     # -- status, birth and will -------------------------------------------------------------
 
@@ -230,6 +254,7 @@ class Kernel:
     async def _run_tasks(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tasks:
             self.session.start()
+            await self.agents.apply(self._wanted_agents())
             workers = [
                 tasks.create_task(self._report_loop(), name="reported"),
                 tasks.create_task(self._inbox_loop(), name="inbox"),
@@ -238,6 +263,7 @@ class Kernel:
                 tasks.create_task(self._resend_loop(), name="resend"),
             ]
             await stop.wait()
+            await self.agents.close()
             for worker in workers:
                 worker.cancel()
         await self._flush_at_stop()
@@ -271,7 +297,9 @@ class Kernel:
     async def _run_sensors(self) -> None:
         """Sensors start with the first connection, so a best-effort stream loses nothing at boot."""
         await self.session.wait_connected()
-        self.streams = [SensorStream(sensor, self._emit) for sensor in self.config.sensors]
+        self.streams = [
+            SensorStream(sensor, self._emit, tap=self.agents.bus.publish) for sensor in self.config.sensors
+        ]
         async with asyncio.TaskGroup() as tasks:
             for stream in self.streams:
                 tasks.create_task(stream.run(), name=f"sensor:{stream.config.stream}")
@@ -302,6 +330,7 @@ class Kernel:
             models=self._model_states(),
             inference=self._inference_summary(),
             backlog=self._backlog(),
+            agents=report.agent_reports(self.agents),
         )
         envelope = body.to_envelope(self.device)
         self._watch(
@@ -329,109 +358,16 @@ class Kernel:
         )
 
     def _model_states(self) -> list[ModelState]:
-        loaded = {info.name: info for info in self.inference.manager.stats().loaded if not info.draining}
-        states = []
-        for spec in self.config.kernel.models:
-            info = loaded.get(spec.name)
-            states.append(
-                ModelState(
-                    name=spec.name,
-                    version=info.version if info else spec.version,
-                    runtime=spec.runtime,
-                    device=info.device if info else "",
-                    loaded=info is not None,
-                )
-            )
-        return states
+        return report.model_states(self.config.kernel.models, self.inference)
 
     def _backlog(self) -> BacklogSummary | None:
-        try:
-            stats = self.outbox.stats()
-        except OutboxError:
-            return None
-        return BacklogSummary(
-            pending=stats.pending,
-            pending_bytes=stats.pending_bytes,
-            oldest_age_s=round(max(0.0, stats.oldest_age_s), 3),
-            dropped=stats.dropped_oldest + stats.dropped_newest,
-            dead=stats.dead,
-            disk_full=stats.disk_full,
-        )
+        return report.backlog(self.outbox)
 
     def _inference_summary(self) -> InferenceSummary:
-        stats = self.inference.scheduler.stats()
-        total = stats.total
-        return InferenceSummary(
-            completed=total.completed,
-            failed=sum(total.failed.values()),
-            rejected=sum(total.rejected.values()),
-            queue_depth=stats.queue_depth,
-            p95_ms=round(total.timing.turnaround.p95 * 1000, 3),
-            mean_batch=round(stats.mean_batch, 3),
-        )
+        return report.inference_summary(self.inference)
 
     async def _emit(self, sensor: SensorConfig, body: TelemetryBody) -> None:
-        """A durable stream's batch is committed to the outbox (the sender publishes it), with a seq of
-        the outbox's seq space; a best-effort one goes out at QoS 0 without a seq (nothing is missing
-        when it is lost), or not at all while offline. A batch larger than the broker's Maximum Packet
-        Size goes in parts that fit."""
-        topic = topics.telemetry(self.fleet, self.device, sensor.stream)
-        parts = split_to_fit(body, self._fits(topic, qos=0 if sensor.best_effort else 1))
-        self.counters["telemetry_split"] += len(parts) - 1
-        for part in parts:
-            await self._emit_part(sensor, topic, part)
-
-    def _fits(self, topic: str, *, qos: int) -> Callable[[TelemetryBody], bool]:
-        """Whether a batch fits the broker's packet limit, sized with the widest seq and epoch (and a
-        margin for its time, written when it is committed)."""
-        session = self.session
-        if not isinstance(session, MqttSession) or session.limits.maximum_packet_size is None:
-            return lambda body: True
-
-        def fits(body: TelemetryBody) -> bool:
-            envelope = body.to_envelope(self.device, seq=MAX_SEQ, epoch=MAX_EPOCH)
-            padded = encode(envelope, self.config.encoding) + bytes(SIZE_MARGIN)
-            return session.fits(topic, padded, qos=qos, content_type=self._content_type)
-
-        return fits
-
-    async def _emit_part(self, sensor: SensorConfig, topic: str, body: TelemetryBody) -> None:
-        made: list[Envelope] = []
-
-        def payload(seq: int | None) -> bytes:
-            envelope = body.to_envelope(
-                self.device, seq=seq, epoch=self.outbox.epoch if seq is not None else 0
-            )
-            made.append(envelope)
-            return encode(envelope, self.config.encoding)
-
-        if sensor.best_effort:
-            self._watch(
-                self.session.publish_nowait(topic, payload(None), qos=0, content_type=self._content_type)
-            )
-        elif not await self._commit(topic, payload, sensor.stream):
-            return
-        self.counters["telemetry_sent"] += 1
-        self.counters["samples_sent"] += len(body.samples)
-        if self.coap is not None and made:
-            self.coap.publish(sensor.stream, made[-1])
-
-    async def _commit(self, topic: str, payload: Callable[[int], bytes], stream: str) -> bool:
-        """Commits a durable batch to the outbox; a refusal (overflow policy, full or failing disk)
-        is counted, not fatal."""
-        try:
-            await self.outbox.put(topic, payload, stream=stream)
-        except OutboxFullError as err:  # drop-newest, or block past its timeout
-            self.counters["outbox_refused"] += 1
-            log.warning("%s", err)
-            return False
-        except OutboxStorageError as err:  # refused and counted until the disk recovers
-            key = f"outbox_refused:{err.reason}"
-            self.counters[key] += 1
-            if self.counters[key] % 1000 == 1:
-                log.error("%s (%d refused so far)", err, self.counters[key])
-            return False
-        return True
+        await self.publisher.telemetry(sensor.stream, body, best_effort=sensor.best_effort)
 
     async def _resend_loop(self) -> None:
         """When acknowledgements stall (none for resend_after_s with messages in flight, or an older
@@ -472,7 +408,7 @@ class Kernel:
             log.error("%s: seq %d dead-lettered: %s", self.device, seq, future.exception())
             self._spawn(self.outbox.bury([(seq, seq)], "too-large"))
         else:
-            self._count_failure(future)
+            self.publisher.count_failure(future)
 
     def _publish_log(self, payload: bytes) -> None:
         if not self.session.connected:
@@ -485,11 +421,7 @@ class Kernel:
         )
 
     def _watch(self, future: asyncio.Future[None]) -> None:
-        future.add_done_callback(self._count_failure)
-
-    def _count_failure(self, future: asyncio.Future[None]) -> None:
-        if not future.cancelled() and future.exception() is not None:
-            self.counters["publish_failed"] += 1
+        self.publisher.watch(future)
 
     # -- what arrives -----------------------------------------------------------------------
 
@@ -514,11 +446,15 @@ class Kernel:
         self.counters[f"received:{topic.kind.value}"] += 1
         if topic.kind is TopicKind.DESIRED:
             try:
-                self.desired_generation = DesiredBody.from_envelope(envelope).generation
+                desired = DesiredBody.from_envelope(envelope)
+                agents = desired_agents(envelope.body)
             except ProtocolError as err:
                 self.counters[f"rejected:{err.reason}"] += 1
                 log.warning("refused desired: %s", err)
                 return
+            self.desired_generation = desired.generation
+            self._desired_agents = agents
+            self._spawn(self.agents.apply(self._wanted_agents()))
         elif topic.kind is TopicKind.ACK:
             try:
                 ack = AckBody.from_envelope(envelope)
@@ -556,13 +492,7 @@ class Kernel:
     # -- CoAP -------------------------------------------------------------------------------
 
     def _health(self) -> Health:
-        backlog = self._backlog()
-        counters = {f"kernel.{key}": value for key, value in self.counters.items()}
-        if backlog is not None:
-            counters["outbox.pending"] = backlog.pending
-            counters["outbox.dropped"] = backlog.dropped
-        counters["link.connected"] = int(self.session.connected)
-        return Health(status="ok" if self.session.connected else "offline", counters=counters)
+        return report.health(self.counters, self._backlog(), connected=self.session.connected)
 
     async def _coap_infer(self, model: str, inputs: list[FloatArray]) -> list[FloatArray]:
         """``POST /infer/{model}`` as the agent "coap"; the scheduler's refusals become CoAP codes."""
@@ -587,6 +517,36 @@ class Kernel:
             self.counters["background_failed"] += 1
             log.error("%s", task.exception())
 
+    # -- agents -----------------------------------------------------------------------------
+
+    def _wanted_agents(self) -> list[AgentSpec]:
+        """The config's agents, and the fleet's from ``…/desired`` (which win on a shared name)."""
+        wanted = {spec.name: spec for spec in self.config.agents}
+        wanted.update((spec.name, spec) for spec in self._desired_agents)
+        return list(wanted.values())
+
+    async def _agent_publish(self, stream: str, samples: list[Sample], best_effort: bool) -> bool:
+        body = TelemetryBody(stream=stream, samples=samples)
+        return await self.publisher.telemetry(stream, body, best_effort=best_effort)
+
+    def _agent_changed(self, change: Change) -> None:
+        data: JsonValue = {"state": change.new.value, "from": change.old.value, "reason": change.reason}
+        self._spawn(self.publisher.event("agent", change.agent, data))
+
+    def _kernel_figures(self) -> dict[str, float]:
+        backlog = self._backlog()
+        figures = {"queue_depth": float(self.inference.scheduler.stats().queue_depth)}
+        if backlog is not None:
+            figures["outbox_pending"] = float(backlog.pending)
+        return figures
+
+    async def _agent_restart(self, command: VerifiedCommand) -> JsonValue:
+        name = command.args.get("agent")
+        if not isinstance(name, str) or not self.agents.restart(name):
+            known = ", ".join(sorted(self.agents.supervisor.names)) or "none"
+            raise CommandError("unknown-agent", f"no agent {name!r} on this device (agents: {known})")
+        return {"agent": name, "restarted": True}
+
     async def _ping(self, command: VerifiedCommand) -> JsonValue:
         return ping_result(command)
 
@@ -596,7 +556,7 @@ class Kernel:
         return {
             "device": self.device,
             "boot": self.state.boot,
-            "outbox": _plain(asdict(self.outbox.stats())),
+            "outbox": report.plain(asdict(self.outbox.stats())),
             "counters": dict(self.counters),
             "commands": dict(self.commands.counters) if self.commands is not None else {},
             "link": {
@@ -612,16 +572,24 @@ class Kernel:
             },
             "models": [state.model_dump(mode="json") for state in self._model_states()],
             "inference": self._inference_summary().model_dump(mode="json"),
+            "agents": [agent.model_dump(mode="json") for agent in report.agent_reports(self.agents)],
         }
 
 
-def _plain(value: object) -> JsonValue:
-    """A dataclass dump as JSON values (seq ranges become lists of pairs)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, bool | int | float | str) or value is None:
-        return value
-    ranges = getattr(value, "ranges", None)
-    return [list(r) for r in ranges] if ranges is not None else str(value)
+def desired_agents(body: dict[str, JsonValue]) -> list[AgentSpec]:
+    """The agents a ``…/desired`` body assigns to the device (none when it names none)."""
+    value = body.get("agents")
+    if value is None:
+        return []
+    try:
+        specs = _AGENT_LIST.validate_python(value)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ProtocolError("bad-body", f"desired agents.{where}: {first['msg']}") from None
+    if len({spec.name for spec in specs}) != len(specs):
+        raise ProtocolError("bad-body", "desired agents: a name is assigned twice")
+    return specs
+
+
+_AGENT_LIST = TypeAdapter(list[AgentSpec])

@@ -15,14 +15,19 @@ from edgekernel.device.drivers.sim import SimSource
 from edgekernel.protocol import Sample, TelemetryBody
 
 Emit = Callable[[SensorConfig, TelemetryBody], Awaitable[None]]
+Tap = Callable[[str, list[Sample]], None]
 Fits = Callable[[TelemetryBody], bool]
 
 MAX_TICK_S = 0.05
 
 
 class SensorStream:
-    def __init__(self, config: SensorConfig, emit: Emit, *, t0: float | None = None) -> None:
+    def __init__(
+        self, config: SensorConfig, emit: Emit, *, t0: float | None = None, tap: Tap | None = None
+    ) -> None:
+        """`tap` sees every sample as it is read (the agents' local bus), before batching."""
         self.config = config
+        self._tap = tap
         self.source = SimSource(config.sim, config.rate_hz, time.monotonic() if t0 is None else t0)
         self._emit = emit
         self._pending: list[Sample] = []
@@ -53,10 +58,15 @@ class SensorStream:
         """Take the samples due at `now` (monotonic), and emit every batch that is full or old enough."""
         batch = self.config.batch
         wall_offset = time.time() - time.monotonic()
-        for at, value in self.source.take(self.source.due(now)):
+        taken = [
+            Sample(ts=at + wall_offset, value=value) for at, value in self.source.take(self.source.due(now))
+        ]
+        if taken and self._tap is not None:
+            self._tap(self.config.stream, taken)
+        for sample in taken:
             if not self._pending:
                 self._oldest = time.monotonic()
-            self._pending.append(Sample(ts=at + wall_offset, value=value))
+            self._pending.append(sample)
             if len(self._pending) >= batch.max_samples:
                 await self.flush()
         waited_ms = (time.monotonic() - self._oldest) * 1000 if self._oldest is not None else 0.0

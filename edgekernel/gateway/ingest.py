@@ -24,6 +24,7 @@ import time
 from collections import Counter
 
 from edgekernel.config.models import GatewayConfig
+from edgekernel.gateway.seqs import SeqGuard
 from edgekernel.gateway.store import (
     DeviceUpdate,
     NewEpoch,
@@ -39,6 +40,7 @@ from edgekernel.protocol import (
     CONTENT_TYPES,
     Encoding,
     Envelope,
+    EventBody,
     ProtocolError,
     ReportedBody,
     StatusBody,
@@ -85,7 +87,7 @@ class Gateway:
         self._first_pending: float | None = None
         self._closing = False
         self._via_coap: set[tuple[str, int, int]] = set()
-        self._highest: dict[tuple[str, int], tuple[int, float]] = {}  # (device, epoch) -> (seq, when)
+        self._seqs = SeqGuard(self.store.highest, max_jump=config.max_seq_jump, max_rate=config.max_seq_rate)
         self._coap_devices: dict[str, tuple[float, int]] = {}  # device -> (last heard, monotonic; boot)
         self._dead_letters: list[tuple[str, int, int]] = []
         self._acks_in_flight: set[asyncio.Future[None]] = set()
@@ -362,10 +364,12 @@ class Gateway:
             envelope = decode(payload, max_size=max(4 * self.config.max_payload_bytes, MIN_PACKET_LIMIT))
         except ProtocolError:
             return None
-        if envelope.seq is None or envelope.type != "telemetry":
+        if envelope.seq is None or envelope.type not in ("telemetry", "event"):
             return None
         if topic is not None and (
-            topic.fleet != self.fleet or topic.kind is not TopicKind.TELEMETRY or topic.device != envelope.src
+            topic.fleet != self.fleet
+            or topic.kind is not _NAMED_BY[envelope.type][0]
+            or topic.device != envelope.src
         ):
             return None
         return envelope.src, envelope.seq_space, envelope.seq
@@ -378,7 +382,7 @@ class Gateway:
                 raise ProtocolError("stream-mismatch", f"stream {body.stream!r} on topic of {topic.name!r}")
             check_times(envelope, (s.ts for s in body.samples), now=time.time(), skew_s=skew)
             if envelope.seq is not None:
-                self._check_jump(topic.device, envelope.seq_space, envelope.seq, received_at)
+                self._seqs.check(topic.device, envelope.seq_space, envelope.seq, received_at)
             samples = tuple((s.ts, *encode_fields(s.value)) for s in body.samples)
             self._telemetry.append(
                 TelemetryRecord(
@@ -395,6 +399,9 @@ class Gateway:
             self._count_accepted(topic)
             return
         check_times(envelope, now=time.time(), skew_s=skew)
+        if topic.kind is TopicKind.EVENTS:
+            self._accept_event(topic, envelope, received_at)
+            return
         if topic.kind is TopicKind.STATUS:
             status = StatusBody.from_envelope(envelope)
             self._devices.append(
@@ -416,9 +423,30 @@ class Gateway:
                     reported_ts=envelope.ts,
                 )
             )
-        else:
-            self.counters["events"] += 1
-            self._seen(topic.device, received_at)
+        self._count_accepted(topic)
+
+    def _accept_event(self, topic: Topic, envelope: Envelope, received_at: float) -> None:
+        """An event is stored, and acknowledged when it has a seq (it came through the device's outbox),
+        in the same seq space as the device's telemetry."""
+        event = EventBody.from_envelope(envelope)
+        if event.type != topic.name:
+            raise ProtocolError("event-mismatch", f"event {event.type!r} on the topic of {topic.name!r}")
+        if envelope.seq is not None:
+            self._seqs.check(topic.device, envelope.seq_space, envelope.seq, received_at)
+        self._telemetry.append(
+            TelemetryRecord(
+                topic.device,
+                f"events/{event.type}",
+                envelope.seq,
+                envelope.ts,
+                received_at,
+                (),
+                envelope.seq_space,
+                event=event.model_dump_json(exclude_none=True),
+            )
+        )
+        self.counters["events"] += 1
+        self._seen(topic.device, received_at)
         self._count_accepted(topic)
 
     def _count_accepted(self, topic: Topic) -> None:
@@ -426,28 +454,6 @@ class Gateway:
 
     def _seen(self, device: str, at: float) -> None:
         self._last_seen[device] = at
-
-    def _check_jump(self, device: str, epoch: int, seq: int, now: float) -> None:
-        """Refuse a seq too far above the highest of its seq space: max_seq_jump, plus max_seq_rate per
-        second since that one came (a drop-oldest outbox goes on counting while it is offline). A new
-        space starts at 1, so its first seq may be at most max_seq_jump."""
-        key = (device, epoch)
-        known = self._highest.get(key)
-        if known is None:
-            try:
-                known = self.store.highest(device, epoch) or (0, now)
-            except StoreError as err:
-                log.warning("cannot look up the highest seq of %s: %s", device, err)
-                known = (0, now)
-        top, at = known
-        limit = top + self.config.max_seq_jump + int(self.config.max_seq_rate * max(0.0, now - at))
-        if seq > limit:
-            self._highest[key] = known
-            raise ProtocolError(
-                "seq-jump",
-                f"seq {seq} of seq space {epoch} is more than {limit - top} above the highest seen ({top})",
-            )
-        self._highest[key] = (seq, now) if seq > top else known
 
     # -- CoAP ------------------------------------------------------------------------------
 
@@ -479,7 +485,7 @@ class Gateway:
                 self._refuse(refused, err, dead_letter=whole, acknowledge=False)
                 raise CoapBadRequest(f"{err.reason}: {err}") from err
             self._heard(topic.device, envelope)
-            if topic.kind is TopicKind.TELEMETRY and envelope.seq is not None:
+            if topic.kind in (TopicKind.TELEMETRY, TopicKind.EVENTS) and envelope.seq is not None:
                 self._via_coap.add((topic.device, envelope.seq_space, envelope.seq))
             self._commits.append(commit)
             self._mark_pending()
@@ -581,14 +587,14 @@ class Gateway:
                 self._dead_letters.append(dead_letter)
 
 
+_NAMED_BY = {"telemetry": (TopicKind.TELEMETRY, "stream"), "event": (TopicKind.EVENTS, "type")}
 COAP_INGEST_TOPIC = "coap:/ingest"  # what the rejected table names as the topic of a refused CoAP post
 
 
 def _implied_topic(fleet: str, envelope: Envelope) -> Topic:
     """The topic an envelope posted over CoAP would have had over MQTT."""
-    if envelope.type == "telemetry":
-        stream = envelope.body.get("stream")
-        return Topic(fleet, envelope.src, TopicKind.TELEMETRY, stream if isinstance(stream, str) else None)
-    if envelope.type == "event":
-        return Topic(fleet, envelope.src, TopicKind.EVENTS, "coap")
+    if envelope.type in _NAMED_BY:
+        kind, key = _NAMED_BY[envelope.type]
+        name = envelope.body.get(key)
+        return Topic(fleet, envelope.src, kind, name if isinstance(name, str) else None)
     return Topic(fleet, envelope.src, TopicKind(envelope.type))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgekernel.errors import EdgeKernelError
 
-LAYOUT = 2  # PRAGMA user_version of a store with epochs
+LAYOUT = 3  # PRAGMA user_version: 2 added epochs, 3 the events table
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,
@@ -45,6 +45,14 @@ CREATE TABLE IF NOT EXISTS samples (
     PRIMARY KEY (message, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS samples_by_stream ON samples (device, stream, ts);
+CREATE TABLE IF NOT EXISTS events (
+    message INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    type TEXT NOT NULL,
+    ts REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_device ON events (device, type, ts);
 CREATE TABLE IF NOT EXISTS devices (
     device TEXT PRIMARY KEY,
     online INTEGER,
@@ -88,6 +96,7 @@ class TelemetryRecord:
     received_at: float
     samples: tuple[tuple[float, float | None, str | None], ...]  # (ts, value, fields as JSON)
     epoch: int = 0
+    event: str | None = None  # an event's body as JSON (its stream is events/{type}; no samples)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +216,14 @@ class Store:
                         (first + n, idx, r.device, r.stream, r.epoch, r.seq, ts, value, fields)
                         for n, r in enumerate(fresh)
                         for idx, (ts, value, fields) in enumerate(r.samples)
+                    ],
+                )
+                self._insert(
+                    "events",
+                    [
+                        (first + n, r.device, r.stream.removeprefix("events/"), r.ts, r.event)
+                        for n, r in enumerate(fresh)
+                        if r.event is not None
                     ],
                 )
                 for device, count in duplicates.items():

@@ -2,8 +2,10 @@
 
 from edgekernel.protocol import topics
 from edgekernel.protocol.bodies import (
+    AgentReport,
     BacklogSummary,
     Capabilities,
+    EventBody,
     InferenceSummary,
     ModelState,
     ReportedBody,
@@ -40,12 +42,14 @@ __all__ = [
     "CONTENT_TYPES",
     "DEFAULT_MAX_PAYLOAD",
     "SCHEMA_VERSION",
+    "AgentReport",
     "BacklogSummary",
     "Capabilities",
     "CommandBody",
     "CommandVerifier",
     "Encoding",
     "Envelope",
+    "EventBody",
     "FleetKey",
     "FleetVerifier",
     "Inbound",

@@ -123,6 +123,31 @@ class BacklogSummary(BaseModel):
     disk_full: Annotated[int, Field(ge=0)] = 0
 
 
+class AgentReport(BaseModel):
+    """An agent on the device: its state under the supervisor and what it used."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+    name: Id
+    agent: Annotated[str, Field(max_length=128)]
+    isolation: Annotated[str, Field(max_length=16)]
+    state: Annotated[str, Field(max_length=16)]
+    since: Timestamp
+    restarts: Annotated[int, Field(ge=0)] = 0
+    failures: Annotated[int, Field(ge=0)] = 0
+    last_error: Annotated[str, Field(max_length=500)] = ""
+    usage: dict[Annotated[str, Field(max_length=64)], Annotated[int, Field(ge=0)]] = {}
+
+
+class EventBody(_Body):
+    """Something that happened on the device (an anomaly, an agent's state change), on
+    ``…/events/{type}``, durable through the outbox. ``agent`` names the agent that raised it."""
+
+    ENVELOPE_TYPE: ClassVar[MessageType] = "event"
+    type: Id
+    agent: Id | None = None
+    data: JsonValue = None
+
+
 class ReportedBody(_Body):
     """What a device says about itself: capabilities, free resources, config generation."""
 
@@ -137,6 +162,7 @@ class ReportedBody(_Body):
     models: list[ModelState] = []
     inference: InferenceSummary | None = None
     backlog: BacklogSummary | None = None
+    agents: Annotated[list[AgentReport], Field(max_length=1024)] = []
 
 
 MAX_ACK_RANGES = 4096

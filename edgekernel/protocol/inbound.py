@@ -3,7 +3,8 @@
 Every program refuses a message the same way, with a `ProtocolError` whose reason names what is
 wrong: the topic (bad-topic, bad-id, unknown-kind, …), the payload (oversized, bad-envelope, …), an
 envelope whose sender is not the device the topic belongs to (src-mismatch), whose type does not
-belong on that kind of topic (wrong-type), or that carries a seq but is not telemetry (unexpected-seq).
+belong on that kind of topic (wrong-type), or that carries a seq but is not telemetry or an event
+(unexpected-seq).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ ENVELOPE_TYPE: dict[TopicKind, MessageType] = {
     TopicKind.LOG: "log",
     TopicKind.AGG: "agg",
 }
+
+DURABLE_TYPES = frozenset({"telemetry", "event"})
 
 # topics a device publishes about itself: the envelope's src must be that device
 FROM_DEVICE = frozenset(
@@ -59,10 +62,12 @@ def inbound(topic: str | Topic, payload: bytes, *, max_size: int = DEFAULT_MAX_P
 
 
 def check_seq(envelope: Envelope, *, topic: str | None = None) -> None:
-    """Only durable telemetry takes a seq: a receiver acknowledges a seq once it has stored the
-    message, and stores telemetry only, so a seq elsewhere could be neither acknowledged truthfully
-    nor told apart from a lost message."""
-    if envelope.seq is not None and envelope.type != "telemetry":
+    """Only durable messages take a seq, telemetry and events: a receiver acknowledges a seq once it
+    has stored the message, and stores only those, so a seq elsewhere could be neither acknowledged
+    truthfully nor told apart from a lost message."""
+    if envelope.seq is not None and envelope.type not in DURABLE_TYPES:
         raise ProtocolError(
-            "unexpected-seq", f"a {envelope.type} envelope carries a seq (only telemetry does)", topic=topic
+            "unexpected-seq",
+            f"a {envelope.type} envelope carries a seq (only telemetry and events do)",
+            topic=topic,
         )

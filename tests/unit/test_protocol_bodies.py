@@ -314,11 +314,11 @@ def test_bad_times_are_named(ts: float, sample_ts: float, says: str) -> None:
         check_times(env, [sample_ts], now=NOW)
 
 
-@pytest.mark.parametrize("kind", ["status", "reported", "events/alarm", "log"])
-def test_only_telemetry_takes_a_seq(kind: str) -> None:
-    type_ = {"events/alarm": "event"}.get(kind, kind)
-    env = Envelope.new(src="dev-1", type=type_, body={}, seq=3)  # type: ignore[arg-type]
+@pytest.mark.parametrize("kind", ["status", "reported", "log"])
+def test_only_telemetry_and_events_take_a_seq(kind: str) -> None:
+    env = Envelope.new(src="dev-1", type=kind, body={}, seq=3)  # type: ignore[arg-type]
     with pytest.raises(ProtocolError) as info:
         inbound(f"ek/v1/f/dev-1/{kind}", encode(env))
     assert info.value.reason == "unexpected-seq"
     check_seq(Envelope.new(src="dev-1", type="telemetry", body={}, seq=3, epoch=9))
+    check_seq(Envelope.new(src="dev-1", type="event", body={}, seq=3, epoch=9))

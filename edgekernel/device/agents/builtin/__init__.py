@@ -1,0 +1,1 @@
+"""The agents edgekernel ships, registered by entry point like any other (see pyproject.toml)."""
