@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from rich.console import Console
 
 from edgekernel.cli import common
 from edgekernel.protocol import ProtocolError, topics
@@ -65,18 +66,21 @@ def test_a_protocol_error_message_is_bounded() -> None:
 
 
 @pytest.fixture
-def program_log() -> Iterator[io.StringIO]:
+def program_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     """The root logger as a program sets it up (`setup_logging`), writing into a buffer."""
     out = io.StringIO()
-    console = common.err_console
-    saved = console._file  # None: it writes to whatever sys.stderr is (CliRunner swaps it); keep that
-    console.file = out
+    monkeypatch.setattr(common, "err_console", Console(file=out, stderr=True))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
         common.setup_logging()
         yield out
     finally:
-        console._file = saved
-        logging.basicConfig(force=True, handlers=[logging.NullHandler()])
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
 
 
 @pytest.mark.parametrize("topic", [LONG_TOPIC, HOSTILE])
