@@ -121,9 +121,7 @@ class Resource(resource.Resource):  # type: ignore[misc]
         pipe = GuardedPipe(pipe, self.counters)
         request = pipe.request
         if request.opt.block1 is not None:
-            response = await self._render_block(request)
-            if response is not None:
-                pipe.add_response(response, is_last=True)
+            pipe.add_response(await self._render_block(request), is_last=True)
             return
         size = _oversize(request, self.max_payload)
         if size is not None:
