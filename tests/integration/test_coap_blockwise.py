@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -228,5 +229,40 @@ def test_interop_with_libcoap_coap_client_block_wise_post(tmp_path: Path) -> Non
             )
             assert [e.seq for e in store.envelopes] == [7]
             assert store.envelopes[0] == sent
+
+    asyncio.run(scenario())
+
+
+def test_interop_with_aiocoap_client_block_wise_post(tmp_path: Path) -> None:
+    """aiocoap's own CLI sets no Request-Tag: its block-wise POST still arrives whole."""
+    client = Path(sys.executable).parent / "aiocoap-client"
+    rng = np.random.default_rng(13)
+    tensor = rng.standard_normal((40, 40)).astype(np.float32)
+    body = tmp_path / "body.json"
+    body.write_bytes(infer_body([tensor.tolist()], Encoding.JSON))
+    assert body.stat().st_size > 8 * 1024
+
+    async def scenario() -> None:
+        async with serving() as server:
+            process = await asyncio.create_subprocess_exec(
+                str(client),
+                "--no-color",
+                "--no-pretty-print",
+                "-m",
+                "POST",
+                "--content-format",
+                "application/json",
+                "--accept",
+                "application/json",
+                "--payload",
+                f"@{body}",
+                f"{server.url}/infer/double",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(process.communicate(), DEADLINE_S)
+            assert process.returncode == 0, err.decode()
+            got = np.asarray(json.loads(out)["outputs"][0], dtype=np.float32)
+            np.testing.assert_array_equal(got, tensor * 2)
 
     asyncio.run(scenario())

@@ -11,7 +11,7 @@ apart instead of merging it:
   4.00 Bad Request;
 - a body (or Size1) over the limit: 4.13 Request Entity Too Large with Size1 set to the limit;
 - a block 0 while an upload under the same key is still open, or while `max_uploads` are open: 5.03
-  with a Max-Age after which to try again.
+  with a Max-Age of a second, after which to try again.
 
 An upload that receives no block for `lifetime_s` (EXCHANGE_LIFETIME) is forgotten. Sans-io: the caller
 passes the time.
@@ -33,6 +33,7 @@ from edgekernel.link.errors import CoapError
 
 EXCHANGE_LIFETIME_S: Final = 93.0  # RFC 7252 4.8.2, with its default transmission parameters
 MAX_UPLOADS: Final = 64
+RETRY_S: Final = 1  # Max-Age of a 5.03: an upload in progress takes milliseconds, an abandoned one 93 s
 MAX_SIZE_EXP: Final = 6  # 1024 bytes; 7 is BERT, for reliable transports only
 
 
@@ -128,21 +129,17 @@ class Block1Assembler:
                 "another block-wise upload from this endpoint to this resource is open: "
                 "wait for it, or tell them apart with a Request-Tag",
                 code=SERVICE_UNAVAILABLE,
-                max_age=self._retry_after(self._open[key], now),
+                max_age=RETRY_S,
             )
         if len(self._open) >= self.max_uploads:
-            oldest = min(self._open.values(), key=lambda up: up.last_seen)
             raise UploadRefused(
                 f"{len(self._open)} block-wise uploads are open, the most this server takes",
                 code=SERVICE_UNAVAILABLE,
-                max_age=self._retry_after(oldest, now),
+                max_age=RETRY_S,
             )
         self._check_block(block)
         self._check_total(block.size1, "announced")
         self._open[key] = _Upload(block.size_exp, block.size1, now)
-
-    def _retry_after(self, upload: _Upload, now: float) -> int:
-        return max(1, min(int(upload.last_seen + self.lifetime_s - now) + 1, 60))
 
     def _append(self, upload: _Upload, block: Block, now: float) -> bytes | None:
         self._check_block(block)
