@@ -15,7 +15,7 @@ import yaml
 
 from edgekernel.link import Mosquitto
 from edgekernel.protocol import ReportedBody, decode, topics
-from tests.waiting import wait_until_async
+from tests.waiting import DEADLINE_S, wait_until_async
 
 from .helpers import Collector
 
@@ -58,7 +58,11 @@ async def wait_full(broker: Mosquitto, proc: subprocess.Popen[bytes]) -> None:
         await wait_until_async(
             lambda: queued() >= OUTBOX_BYTES // 2 or proc.poll() is not None,
             "the outbox to fill",
+            # 256 sensors in one process on a loaded 2-core machine fill it slowly but surely: wait long,
+            # and fail early only if the backlog stops growing
+            timeout=6 * DEADLINE_S,
             seen=lambda: (queued(), proc.poll()),
+            stalled_after=2 * DEADLINE_S,
         )
 
 
