@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from edgekernel.config.models import SensorConfig
 from edgekernel.device.drivers.sim import SimSource
@@ -17,6 +17,7 @@ from edgekernel.protocol import Sample, TelemetryBody
 Emit = Callable[[SensorConfig, TelemetryBody], Awaitable[None]]
 
 MAX_TICK_S = 0.05
+FLUSH_AT_STOP_S = 5.0  # a full outbox that blocks must not hold a stopping device up
 
 
 class SensorStream:
@@ -70,3 +71,20 @@ class SensorStream:
         self._oldest = None
         self.envelopes += 1
         await self._emit(self.config, body)
+
+
+async def flush_all(streams: Sequence[SensorStream], timeout: float) -> int:
+    """Flush every stream at once, for at most `timeout` seconds; how many samples were not flushed."""
+    held = {stream: stream.held for stream in streams if stream.held}
+    flushed: set[SensorStream] = set()
+
+    async def flush(stream: SensorStream) -> None:
+        await stream.flush()
+        flushed.add(stream)
+
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(flush(stream) for stream in held))
+    except TimeoutError:
+        return sum(count for stream, count in held.items() if stream not in flushed)
+    return 0
