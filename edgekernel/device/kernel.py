@@ -43,7 +43,7 @@ from edgekernel.device.scheduler.errors import (
     SchedulerClosedError,
 )
 from edgekernel.device.state import DataDirLock, DeviceState
-from edgekernel.device.telemetry import SensorStream
+from edgekernel.device.telemetry import FLUSH_AT_STOP_S, SensorStream, flush_all
 from edgekernel.link import (
     Message,
     MqttSession,
@@ -89,9 +89,6 @@ log = logging.getLogger(__name__)
 MAX_PACKET_BYTES = (
     4 * DEFAULT_MAX_PAYLOAD
 )  # the broker drops bigger packets; smaller oversized ones are counted
-
-
-FLUSH_AT_STOP_S = 5.0
 
 
 class Kernel:
@@ -270,29 +267,11 @@ class Kernel:
         await self.session.close(last=self._status(online=False))
 
     async def _flush_at_stop(self) -> None:
-        """Commit what the sensors hold (sent after the next start if not now), for at most
-        FLUSH_AT_STOP_S: a full outbox that blocks must not hold the stop up. What is left is counted."""
-        held = {stream: stream.held for stream in self.streams if stream.held}
-        flushed: set[SensorStream] = set()
-
-        async def flush(stream: SensorStream) -> None:
-            await stream.flush()
-            flushed.add(stream)
-
-        try:
-            async with asyncio.timeout(FLUSH_AT_STOP_S):
-                await asyncio.gather(*(flush(stream) for stream in held))
-        except TimeoutError:
-            lost = {stream: count for stream, count in held.items() if stream not in flushed}
-            self.counters["samples_lost_at_stop"] += sum(lost.values())
-            log.warning(
-                "%s: %d samples of %d streams not committed at the stop: the outbox had no room for them "
-                "within %g s",
-                self.device,
-                sum(lost.values()),
-                len(lost),
-                FLUSH_AT_STOP_S,
-            )
+        """Commit what the sensors hold (sent after the next start if not now), within a bound."""
+        lost = await flush_all(self.streams, FLUSH_AT_STOP_S)
+        if lost:
+            self.counters["samples_lost_at_stop"] += lost
+            log.warning("%s: %d samples not committed at the stop: no room in the outbox", self.device, lost)
 
     async def _run_sensors(self) -> None:
         """Sensors start with the first connection, so a best-effort stream loses nothing at boot."""

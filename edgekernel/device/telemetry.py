@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from edgekernel.config.models import SensorConfig
 from edgekernel.device.drivers.sim import SimSource
@@ -19,6 +19,7 @@ Tap = Callable[[str, list[Sample]], None]
 Fits = Callable[[TelemetryBody], bool]
 
 MAX_TICK_S = 0.05
+FLUSH_AT_STOP_S = 5.0  # a full outbox that blocks must not hold a stopping device up
 
 
 class SensorStream:
@@ -97,3 +98,20 @@ def split_to_fit(body: TelemetryBody, fits: Fits) -> list[TelemetryBody]:
         todo.append(part.model_copy(update={"samples": part.samples[half:]}))
         todo.append(part.model_copy(update={"samples": part.samples[:half]}))
     return done
+
+
+async def flush_all(streams: Sequence[SensorStream], timeout: float) -> int:
+    """Flush every stream at once, for at most `timeout` seconds; how many samples were not flushed."""
+    held = {stream: stream.held for stream in streams if stream.held}
+    flushed: set[SensorStream] = set()
+
+    async def flush(stream: SensorStream) -> None:
+        await stream.flush()
+        flushed.add(stream)
+
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(flush(stream) for stream in held))
+    except TimeoutError:
+        return sum(count for stream, count in held.items() if stream not in flushed)
+    return 0
