@@ -94,9 +94,6 @@ class Block1Assembler:
         for key in stale:
             del self._open[key]
 
-    def drop(self, key: Hashable) -> None:
-        self._open.pop(key, None)
-
     def feed(self, key: Hashable, block: Block, now: float) -> bytes | None:
         """Add `block` to the upload under `key`: the body once complete, None while more is to come,
         or `UploadRefused` (and the upload under `key` forgotten, unless the refusal is a busy 5.03)."""
