@@ -151,5 +151,7 @@ def test_a_damaged_table_is_refused(key: str, junk: object) -> None:
     parsed = parse_table(saved)
     if parsed is not None:
         _, steps, epsilon, table = parsed
-        assert isinstance(steps, int) and steps >= 0
+        assert isinstance(steps, int)
+        assert steps >= 0
+        assert isinstance(epsilon, float)
         assert all(len(q) == 2 for q in table.values())
