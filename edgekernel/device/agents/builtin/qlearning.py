@@ -10,9 +10,9 @@ and the deadlines it misses as the local load changes.
 Every `interval_s` it scores the latest `window` samples of `source`. The state is the kernel's
 inference queue depth and the last latency seen on each path, each cut into a few bins; the actions
 are `local` and `offload`; the reward is the latency in deadlines, minus `miss_penalty` for a miss.
-Epsilon-greedy with a decaying epsilon; the Q table is saved in ``ctx.state``, so what was learnt
-survives restarts (and is dropped when the bins change meaning). `policy: local | offload` pins a
-path and learns nothing. Cumulative counts go to the `output` stream every `report_s`.
+Epsilon-greedy with a decaying epsilon; the Q table is saved in ``ctx.state`` at every report, so
+what was learnt survives restarts (and is dropped when the bins change meaning). `policy: local` or
+`offload` pins a path and learns nothing. Cumulative counts go to the `output` stream every `report_s`.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class QLearningConfig(BaseModel):
     epsilon: Fraction = Field(0.3, description="exploration at the start")
     epsilon_min: Fraction = 0.02
     epsilon_decay: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = Field(
-        0.995, description="epsilon is multiplied by this at every decision, down to epsilon_min"
+        0.998, description="epsilon is multiplied by this at every decision, down to epsilon_min"
     )
     miss_penalty: Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)] = 2.0
     queue_bins: Annotated[list[Annotated[int, Field(ge=0, le=1_000_000)]], Field(max_length=16)] = Field(
@@ -76,9 +76,6 @@ class QLearningConfig(BaseModel):
     ] = Field([0.5, 1.0], description="upper edges of the latency bins, in deadlines")
     timeout_factor: Annotated[float, Field(ge=1, le=1000, allow_inf_nan=False)] = Field(
         10.0, description="an offloaded request unanswered after this many deadlines is given up"
-    )
-    save_every: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
-        200, description="decisions between saves of the Q table"
     )
     report_s: Annotated[float, Field(ge=0.1, le=86_400, allow_inf_nan=False)] = 1.0
     output: Id = "offload-policy"
@@ -292,6 +289,7 @@ async def _decide(ctx: Context, config: QLearningConfig, window: deque[float], o
     if saved is not None and not learner.restore(saved, signature):
         ctx.log.warning("%s: the saved Q table does not fit these bins; learning afresh", ctx.agent)
     tally = Tally()
+    saved_steps = learner.steps
     last = [0.0, 0.0]  # the last latency seen on each path, in deadlines
     pending: tuple[str, int, float] | None = None
     next_report = time.monotonic() + config.report_s
@@ -303,8 +301,6 @@ async def _decide(ctx: Context, config: QLearningConfig, window: deque[float], o
         if config.policy == "learn":
             if pending is not None:
                 learner.update(pending[0], pending[1], pending[2], state)
-                if learner.steps % config.save_every == 0:
-                    await ctx.state.set(STATE_KEY, learner.to_json(signature))
             action = learner.choose(state)
         else:
             action = LOCAL if config.policy == "local" else OFFLOAD
@@ -316,6 +312,9 @@ async def _decide(ctx: Context, config: QLearningConfig, window: deque[float], o
         tally.add(action, latency, missed, error)
         if time.monotonic() >= next_report:
             next_report = time.monotonic() + config.report_s
+            if learner.steps != saved_steps:
+                await ctx.state.set(STATE_KEY, learner.to_json(signature))
+                saved_steps = learner.steps
             await ctx.publish(config.output, tally.report(learner))
 
 
