@@ -5,18 +5,22 @@ Two real device processes and a real Mosquitto: the *edge* device runs the `qlea
 scores the latest 128 samples of its vibration stream with the project's vibration model every
 `--interval` seconds under a `--deadline-ms` deadline, either on its own kernel or by CoAP
 ``POST /infer`` on the *neighbour* device; beside it, a load agent runs large batches of the same
-model through the edge kernel's scheduler, following a repeating trace of bursts. Each policy gets
-a fresh edge device (no Q table) and the same trace; deadline misses are counted over the same
-`--eval` seconds of the trace, after `--learn` seconds (the stated learning period; the static
-policies run it too, learning nothing). Goal: the learned policy misses at least 20 % fewer
-deadlines than the better static one.
+model through the edge kernel's scheduler, following a repeating 20 s trace of bursts.
 
-    .venv/bin/python bench/bench_qlearning.py [--learn 60] [--eval 60] [--deadline-ms 5]
+The learned policy first learns for `--learn` seconds (the stated learning period, from an empty Q
+table). Then each policy runs one whole trace cycle on a newly started edge device, in turn, for
+`--rounds` rounds, so that the machine's own load drifts over all three alike; the learned policy's
+device keeps its Q table (in its agent state) from run to run, and goes on learning. Deadline misses
+are counted over the same cycle of the trace for each. Goal: the learned policy misses at least
+20 % fewer deadlines than the better static one.
+
+    .venv/bin/python bench/bench_qlearning.py [--learn 60] [--rounds 3] [--deadline-ms 12] [--timeline]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
@@ -31,6 +35,7 @@ from common import BENCH_FLEET, finish, start_program, stop_program, table
 from qlearning_load import install
 
 from edgekernel.link import Mosquitto, free_port
+from edgekernel.link.coap import CoapClient, CoapError
 from edgekernel.protocol import decode
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -138,38 +143,60 @@ def read_stream(path: Path, stream: str) -> list[tuple[float, dict[str, float] |
     return sorted(out, key=lambda item: item[0])
 
 
-def run_policy(
-    workdir: Path, broker: Mosquitto, remote: str, policy: str, args: argparse.Namespace
-) -> Outcome:
+CYCLE_S = sum(seconds for seconds, _ in TRACE)
+SKIP_S = 2.0  # the agents' first moments after the device starts (the trace's first phase is idle)
+
+
+def run_edge(
+    workdir: Path,
+    broker: Mosquitto,
+    remote: str,
+    policy: str,
+    *,
+    seconds: float,
+    tag: str,
+    args: argparse.Namespace,
+) -> tuple[float, list[tuple[float, dict[str, float]]], list[tuple[float, float]]]:
+    """One edge device process with the agents for `seconds` of the trace: the trace's start (wall
+    clock), the agent's reports and the load levels. The learned policy's device keeps its data
+    directory, and with it the Q table, from one run to the next."""
     config = edge_config(workdir, broker.url, remote, policy, args)
     log = workdir / f"edge-{policy}.log"
-    out = workdir / f"edge-{policy}.out"
+    out = workdir / f"edge-{policy}-{tag}.out"
     topic = f"ek/v1/{BENCH_FLEET}/edge-{policy}/telemetry/+"
     with open(out, "wb") as sink:
         sub = subprocess.Popen(
             ["mosquitto_sub", "-p", str(broker.port), "-V", "5", "-q", "1", "-t", topic, "-F", "%p"],
             stdout=sink,
         )
+    started = time.time()
     edge = start_program("device", config, log)
     try:
         deadline = time.monotonic() + 120
         while not out.exists() or b"load-level" not in out.read_bytes():
             if time.monotonic() > deadline or edge.poll() is not None:
                 raise SystemExit(f"the edge device never started its agents; see {log}")
-            time.sleep(0.2)
-        time.sleep(args.learn + args.eval + 2.5)
+            time.sleep(0.1)
+        time.sleep(seconds + 1.5)
     finally:
         stop_program(edge, log)
         sub.terminate()
         sub.wait()
-    levels = read_stream(out, "load-level")
-    reports = [(ts, v) for ts, v in read_stream(out, "offload-policy") if isinstance(v, dict)]
-    start = levels[0][0] + args.learn
-    end = start + args.eval
+    # a restarted device resends what no gateway acknowledged before: only this run's samples count
+    levels = [(ts, v) for ts, v in read_stream(out, "load-level") if isinstance(v, float) and ts >= started]
+    reports = [
+        (ts, v) for ts, v in read_stream(out, "offload-policy") if isinstance(v, dict) and ts >= started
+    ]
+    return levels[0][0], reports, levels
+
+
+def measure(
+    policy: str, t0: float, reports: list[tuple[float, dict[str, float]]], rounds: int = 1
+) -> Outcome:
+    """The counts over one trace cycle, from `SKIP_S` after the trace's start."""
+    start, end = t0 + SKIP_S, t0 + SKIP_S + CYCLE_S
     first = next(v for ts, v in reports if ts >= start)
     last = next(v for ts, v in reports if ts >= end)
-    if args.timeline:
-        timeline(policy, levels, reports, levels[0][0])
     spans = [v["latency_ms_mean"] for ts, v in reports if start < ts <= end and "latency_ms_mean" in v]
 
     def delta(key: str) -> int:
@@ -185,9 +212,22 @@ def run_policy(
     )
 
 
+def total(policy: str, outcomes: list[Outcome]) -> Outcome:
+    mine = [o for o in outcomes if o.policy == policy]
+    requests = sum(o.requests for o in mine)
+    return Outcome(
+        policy,
+        requests,
+        sum(o.missed for o in mine),
+        sum(o.local for o in mine),
+        sum(o.offload for o in mine),
+        sum(o.latency_ms_mean * o.requests for o in mine) / requests if requests else float("nan"),
+    )
+
+
 def timeline(
     policy: str,
-    levels: list[tuple[float, dict[str, float] | float]],
+    levels: list[tuple[float, float]],
     reports: list[tuple[float, dict[str, float]]],
     t0: float,
 ) -> None:
@@ -202,12 +242,31 @@ def timeline(
                 int(now["local"] - before["local"]),
                 int(now["offload"] - before["offload"]),
                 int(now["missed"] - before["missed"]),
+                int(now["errors"] - before["errors"]),
                 now.get("latency_ms_mean", float("nan")),
                 now.get("latency_ms_max", float("nan")),
                 now["epsilon"],
             ]
         )
-    table(policy, ["t s", "load", "local", "offload", "missed", "mean ms", "max ms", "epsilon"], rows)
+    table(
+        policy, ["t s", "load", "local", "offload", "missed", "failed", "mean ms", "max ms", "epsilon"], rows
+    )
+
+
+def wait_serving(remote: str, timeout: float = 120.0) -> None:
+    async def probe() -> None:
+        async with CoapClient(timeout=2.0) as client:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    await client.get(f"{remote}/health")
+                    return
+                except CoapError:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"the neighbour never served CoAP on {remote}") from None
+                    await asyncio.sleep(0.3)
+
+    asyncio.run(probe())
 
 
 def main() -> None:
@@ -215,8 +274,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--learn", type=float, default=60.0, help="learning period, seconds (3 trace cycles)")
-    parser.add_argument("--eval", type=float, default=60.0, help="measured period, seconds (3 trace cycles)")
-    parser.add_argument("--deadline-ms", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3, help="trace cycles measured per policy, interleaved")
+    parser.add_argument("--deadline-ms", type=float, default=12.0)
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between the agent's requests")
     parser.add_argument("--load-batch", type=int, default=256, help="windows in each load request")
     parser.add_argument("--isolation", choices=["inline", "process"], default="process")
@@ -240,13 +299,33 @@ def main() -> None:
             neighbour = start_program(
                 "device", neighbour_config(workdir, broker.url, port, args.threads), neighbour_log
             )
+            remote = f"coap://127.0.0.1:{port}"
             try:
-                time.sleep(3.0)  # the neighbour loads its model; the first requests pay for any rest
-                outcomes = [
-                    run_policy(workdir, broker, f"coap://127.0.0.1:{port}", p, args) for p in args.policies
-                ]
+                wait_serving(remote)
+                outcomes: list[Outcome] = []
+                if "learn" in args.policies and args.learn > 0:
+                    t0, reports, levels = run_edge(
+                        workdir, broker, remote, "learn", seconds=args.learn, tag="learning", args=args
+                    )
+                    if args.timeline:
+                        timeline("learn (learning period)", levels, reports, t0)
+                for round_ in range(args.rounds):
+                    for policy in args.policies:
+                        t0, reports, levels = run_edge(
+                            workdir,
+                            broker,
+                            remote,
+                            policy,
+                            seconds=SKIP_S + CYCLE_S,
+                            tag=f"r{round_}",
+                            args=args,
+                        )
+                        if args.timeline:
+                            timeline(f"{policy}, round {round_ + 1}", levels, reports, t0)
+                        outcomes.append(measure(policy, t0, reports))
             finally:
                 stop_program(neighbour, neighbour_log)
+    outcomes = [total(policy, outcomes) for policy in args.policies]
     report(outcomes, args)
 
 
@@ -254,7 +333,8 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> None:
     by = {o.policy: o for o in outcomes}
     table(
         f"deadline {args.deadline_ms:g} ms, a request every {args.interval * 1000:g} ms, "
-        f"{args.eval:g} s measured after {args.learn:g} s of learning, trace {TRACE} (s, busy load loops)",
+        f"{args.rounds} x {CYCLE_S:g} s measured after {args.learn:g} s of learning, trace {TRACE} "
+        "(s, busy load loops)",
         ["policy", "requests", "missed", "miss rate %", "local", "offload", "mean latency ms"],
         [
             [o.policy, o.requests, o.missed, 100 * o.miss_rate, o.local, o.offload, o.latency_ms_mean]
@@ -273,7 +353,10 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> None:
             met=bool(fewer >= 0.20),
         )
     figures.update(
-        learn_s=args.learn, eval_s=args.eval, deadline_ms=args.deadline_ms, isolation=args.isolation
+        learn_s=args.learn,
+        eval_s=args.rounds * CYCLE_S,
+        deadline_ms=args.deadline_ms,
+        isolation=args.isolation,
     )
     finish("qlearning", figures)
 
