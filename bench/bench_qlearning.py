@@ -14,7 +14,7 @@ device keeps its Q table (in its agent state) from run to run, and goes on learn
 are counted over the same cycle of the trace for each. Goal: the learned policy misses at least
 20 % fewer deadlines than the better static one.
 
-    .venv/bin/python bench/bench_qlearning.py [--learn 60] [--rounds 3] [--deadline-ms 12] [--timeline]
+    .venv/bin/python bench/bench_qlearning.py [--learn 40] [--rounds 2] [--deadline-ms 12] [--timeline]
 """
 
 from __future__ import annotations
@@ -273,11 +273,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--learn", type=float, default=60.0, help="learning period, seconds (3 trace cycles)")
-    parser.add_argument("--rounds", type=int, default=3, help="trace cycles measured per policy, interleaved")
+    parser.add_argument("--learn", type=float, default=40.0, help="learning period, seconds (2 trace cycles)")
+    parser.add_argument("--rounds", type=int, default=2, help="trace cycles measured per policy, interleaved")
     parser.add_argument("--deadline-ms", type=float, default=12.0)
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between the agent's requests")
-    parser.add_argument("--load-batch", type=int, default=256, help="windows in each load request")
+    parser.add_argument("--load-batch", type=int, default=1024, help="windows in each load request")
     parser.add_argument("--isolation", choices=["inline", "process"], default="process")
     parser.add_argument(
         "--timeline", action="store_true", help="print each policy's reports, second by second"
