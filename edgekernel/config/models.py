@@ -241,7 +241,8 @@ class SensorConfig(Model):
             object.__setattr__(self, "sim", SimSignal.model_validate(self.config))
             object.__setattr__(self, "config", {})
         base = (info.context or {}).get("base_dir")
-        self._base_dir = Path(base) if base is not None else None
+        if base is not None:  # validated again inside a DeviceConfig without a context: keep it
+            self._base_dir = Path(base)
         return self
 
     @property

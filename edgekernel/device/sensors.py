@@ -23,6 +23,7 @@ from edgekernel.device.drivers import registry
 from edgekernel.device.drivers.base import Actuator, Injectable
 from edgekernel.device.drivers.errors import DriverError, NotAnActuatorError
 from edgekernel.device.telemetry import Emit, SensorStream, Tap
+from edgekernel.errors import EdgeKernelError
 from edgekernel.protocol import VerifiedCommand
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class Sensors:
                     running.stream = stream
                 await stream.run()
                 return
-            except (DriverError, OSError, RuntimeError, ValueError, ExceptionGroup) as err:
+            except (EdgeKernelError, OSError, RuntimeError, ValueError, ExceptionGroup) as err:
                 self.counters["sensor_failed"] += 1
                 if running is not None:
                     running.failures += 1
