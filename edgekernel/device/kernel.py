@@ -589,4 +589,5 @@ class Kernel:
             "models": [state.model_dump(mode="json") for state in self._model_states()],
             "inference": self._inference_summary().model_dump(mode="json"),
             "agents": [agent.model_dump(mode="json") for agent in report.agent_reports(self.agents)],
+            "sensors": report.plain(self.sensors.status()),
         }

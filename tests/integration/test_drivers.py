@@ -311,3 +311,30 @@ def test_inject_anomaly_command_end_to_end(broker: Mosquitto, tmp_path: Path) ->
         await task
 
     asyncio.run(scenario())
+
+
+def test_the_plant_answers_its_fan_in_a_running_device(broker: Mosquitto, tmp_path: Path) -> None:
+    plant = SensorConfig.model_validate(
+        {
+            "stream": "cabinet",
+            "rate_hz": 50,
+            "batch": QUICK.model_dump(),
+            "sim": {"kind": "plant", "noise": 0, "plant": {"ambient_c": 20, "time_constant_s": 0.5}},
+        }
+    )
+
+    async def scenario() -> None:
+        kernel = Kernel(config(broker, tmp_path, "dev-1", [plant]))
+        stop = asyncio.Event()
+        task = asyncio.create_task(kernel.run(stop))
+        async with Collector(broker.url, f"ek/v1/{FLEET}/dev-1/telemetry/#") as seen:
+            await seen.wait_for(lambda _: values(seen, "dev-1", "cabinet"), what="temperatures")
+            assert values(seen, "dev-1", "cabinet")[0] == pytest.approx(60.0)
+            kernel.sensors.actuate("cabinet", 1.0)
+            await seen.wait_for(
+                lambda _: values(seen, "dev-1", "cabinet")[-1] < 26.0, what="the fan cooling the cabinet"
+            )
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
