@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from common import finish, machine, percentile, table
 
-from edgekernel.device.datasets import split
 from edgekernel.device.models import runtime_for
 from edgekernel.device.models.runtime import Session
+from tools.datasets import split
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 BATCHES = (1, 32)

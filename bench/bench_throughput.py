@@ -22,9 +22,9 @@ import numpy as np
 from common import finish, mlp_model, summary_ms, table
 
 from edgekernel.config.kernel import BatchingConfig, KernelConfig, ModelSpec, SchedulerConfig
-from edgekernel.device.datasets import split
 from edgekernel.device.inference import Inference
 from edgekernel.device.models import file_sha256, runtime_for
+from tools.datasets import split
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -20,6 +20,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))  # the seeded datasets live in tools/, outside the installed package
+
 console = Console(width=max(120, Console().width))
 
 

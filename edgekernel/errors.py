@@ -24,6 +24,8 @@
     │   ├── DeadlineError    cannot meet its deadline: at admission or expired in the queue (.stage)
     │   ├── QuotaError       the agent is over its concurrent-request limit
     │   └── SchedulerClosedError  the scheduler stopped
+    ├── DriverError          device.drivers: a sensor's driver cannot be found, configured or run (.driver,
+    │                        .stream); ReplayFileError (file:line), PathError, PayloadError below the root
     └── StoreError           gateway: the sample store cannot be opened or refused a write
 
 Third-party errors (paho, SQLite, YAML, pydantic) are translated at the boundary with `raise … from`.

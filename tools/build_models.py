@@ -1,6 +1,6 @@
 """Train the project's own small models on seeded synthetic data and export them for both runtimes.
 
-Two 1D-CNNs on the datasets of `edgekernel/device/datasets.py`, whose docstring documents the shared
+Two 1D-CNNs on the datasets of `tools/datasets.py`, whose docstring documents the shared
 model interface (input ``signal`` float32 ``[batch, window, channels]``, output ``probs`` float32
 ``[batch, classes]``):
 
@@ -68,10 +68,9 @@ AGREEMENT_FLOOR = 0.97
 ACCURACY_FLOOR = 0.90
 
 
-def _load_datasets() -> ModuleType:
-    """edgekernel/device/datasets.py by path: this venv does not have the package's dependencies."""
-    path = REPO / "edgekernel" / "device" / "datasets.py"
-    spec = importlib.util.spec_from_file_location("edgekernel_datasets", path)
+def _load(name: str, path: Path) -> ModuleType:
+    """A module by path: this venv does not have the package's dependencies."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -80,7 +79,8 @@ def _load_datasets() -> ModuleType:
     return module
 
 
-datasets = _load_datasets()
+_load("edgekernel_faults", REPO / "edgekernel" / "device" / "drivers" / "faults.py")
+datasets = _load("edgekernel_datasets", REPO / "tools" / "datasets.py")
 
 
 @dataclass(frozen=True)
@@ -420,7 +420,7 @@ def _dataset_entry(family: Family) -> dict[str, Any]:
     generator = "vibration_windows" if family.dataset == "vibration" else "gesture_windows"
     return {
         "name": info.name,
-        "generator": f"edgekernel.device.datasets.{generator}",
+        "generator": f"tools.datasets.{generator}",
         "classes": list(info.classes),
         "window": info.window,
         "channels": info.channels,
@@ -514,7 +514,7 @@ def _readme(entries: list[dict[str, Any]]) -> str:
         "# models",
         "",
         "Small models the project builds itself with `tools/build_models.py`, trained on the seeded",
-        "synthetic data of `edgekernel/device/datasets.py` (known ground truth; train, calibration and",
+        "synthetic data of `tools/datasets.py` (known ground truth; train, calibration and",
         "test splits from different seeds). `manifest.json` lists every file with its sha256, size,",
         "tensors (int8 LiteRT: scale and zero point), held-out accuracy and the data it was measured on;",
         "`tests/unit/test_model_artifacts.py` checks all of it again.",

@@ -6,12 +6,16 @@ as ``base_dir`` in the validation context).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
+    JsonValue,
+    PrivateAttr,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -171,26 +175,87 @@ class BatchConfig(Model):
     max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 1000
 
 
+AnomalyKind = Literal["noise", "bearing", "misalignment", "burst"]
+
+
+class PlantConfig(Model):
+    """A first-order thermal plant: the temperature settles towards ambient + heat_rise − cooling × duty
+    with the time constant, where duty (0 to 1) is the fan's, set by an actuator call."""
+
+    ambient_c: Annotated[float, Field(ge=-100, le=200, allow_inf_nan=False)] = 25.0
+    heat_rise_c: Annotated[float, Field(ge=0, le=500, allow_inf_nan=False)] = Field(
+        40.0, description="how far above ambient the temperature settles with the fan off"
+    )
+    cooling_c: Annotated[float, Field(ge=0, le=500, allow_inf_nan=False)] = Field(
+        35.0, description="how much the fan at full duty takes off that"
+    )
+    time_constant_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = 30.0
+    initial_duty: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
+
+
 class SimSignal(Model):
-    kind: Literal["sine", "vibration", "temperature", "random-walk"] = "sine"
+    """The `sim` driver's settings: a seeded synthetic signal with known ground truth."""
+
+    kind: Literal["sine", "vibration", "temperature", "random-walk", "plant"] = "sine"
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     amplitude: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 1.0
     frequency_hz: Annotated[float, Field(gt=0, le=10_000, allow_inf_nan=False)] = 1.0
     offset: Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)] = 0.0
     noise: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 0.05
     anomaly_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = Field(
-        0.0, description="probability per sample that an anomaly burst starts"
+        0.0, description="probability per sample that an anomaly starts"
     )
+    anomaly_kind: AnomalyKind = Field(
+        "noise",
+        description="what a random anomaly is: noise (a burst of gaussian noise), or a machine fault like "
+        "those the vibration model learned: bearing (impulse train), misalignment (2x harmonic), burst "
+        "(broadband rubbing)",
+    )
+    plant: PlantConfig = PlantConfig()
 
 
 class SensorConfig(Model):
+    """One sensor stream: a driver (entry point in ``edgekernel.drivers``) and its settings."""
+
     stream: Id
-    driver: Literal["sim"] = "sim"
-    rate_hz: Annotated[float, Field(gt=0, le=10_000, allow_inf_nan=False)] = 1.0
+    driver: Id = Field("sim", description="the driver's entry point name: sim, replay, mqtt, coap, …")
+    rate_hz: Annotated[float, Field(gt=0, le=10_000, allow_inf_nan=False)] = Field(
+        1.0, description="how often a polled driver is read (push drivers send as samples come)"
+    )
     unit: Annotated[str, Field(max_length=32)] | None = None
     best_effort: bool = Field(False, description="publish at QoS 0 outside the outbox")
     batch: BatchConfig = BatchConfig()
-    sim: SimSignal = SimSignal()
+    sim: SimSignal | None = Field(None, description="the sim driver's settings (driver sim only)")
+    config: Annotated[dict[str, JsonValue], Field(max_length=256)] = Field(
+        default_factory=dict, description="the driver's settings, validated by the driver's Config model"
+    )
+    _base_dir: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _driver_settings(self, info: ValidationInfo) -> SensorConfig:
+        if self.sim is not None and self.driver != "sim":
+            raise ValueError(f"sim: is for driver sim; driver {self.driver} takes its settings in config:")
+        if self.driver == "sim" and self.config:
+            if self.sim is not None:
+                raise ValueError("give sim: or config:, not both")
+            object.__setattr__(self, "sim", SimSignal.model_validate(self.config))
+            object.__setattr__(self, "config", {})
+        base = (info.context or {}).get("base_dir")
+        if base is not None:  # validated again inside a DeviceConfig without a context: keep it
+            self._base_dir = Path(base)
+        return self
+
+    @property
+    def base_dir(self) -> Path | None:
+        """The folder of the file this came from: the driver resolves its relative paths against it."""
+        return self._base_dir
+
+    @property
+    def settings(self) -> dict[str, JsonValue] | SimSignal:
+        """What the driver's Config model validates."""
+        if self.driver == "sim":
+            return self.sim if self.sim is not None else SimSignal()
+        return self.config
 
 
 class DeviceConfig(Model):

@@ -22,7 +22,7 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from pydantic import JsonValue, TypeAdapter, ValidationError
+from pydantic import JsonValue
 
 from edgekernel import __version__
 from edgekernel.config.agents import AgentSpec
@@ -31,6 +31,7 @@ from edgekernel.device import capabilities, report
 from edgekernel.device.agents.host import AgentHost, Ports
 from edgekernel.device.agents.lifecycle import Change
 from edgekernel.device.commands import CommandError, Commands, ping_result
+from edgekernel.device.desired import desired_agents, desired_sensors
 from edgekernel.device.inference import Inference
 from edgekernel.device.logsink import MqttLogHandler
 from edgekernel.device.models.manager import UnknownModelError
@@ -42,8 +43,9 @@ from edgekernel.device.scheduler.errors import (
     QuotaError,
     SchedulerClosedError,
 )
+from edgekernel.device.sensors import Sensors, check, inject_command
 from edgekernel.device.state import DataDirLock, DeviceState
-from edgekernel.device.telemetry import FLUSH_AT_STOP_S, SensorStream, flush_all
+from edgekernel.device.telemetry import FLUSH_AT_STOP_S, flush_all
 from edgekernel.link import (
     Message,
     MqttSession,
@@ -99,6 +101,7 @@ class Kernel:
         self.lock = DataDirLock(config.data_dir)
         self.state = DeviceState(config.data_dir)
         self.counters: Counter[str] = Counter()
+        self.sensors = Sensors(self._emit)
         self.desired_generation = 0
         self._content_type = CONTENT_TYPES[config.encoding]
         self._capabilities: Capabilities | None = None
@@ -134,6 +137,9 @@ class Kernel:
             self.commands.register("ping", self._ping)
             self.commands.register("stats", self._stats)
             self.commands.register("agent-restart", self._agent_restart)
+            self.commands.register(
+                "inject-anomaly", functools.partial(inject_command, self.sensors, self.counters)
+            )
         self.coap: CoapServer | None = None
         if coap is not None and coap.serve:
             self.coap = CoapServer(
@@ -145,7 +151,7 @@ class Kernel:
                 streams=[sensor.stream for sensor in config.sensors],
                 encoding=Encoding.CBOR,
             )
-        self.streams: list[SensorStream] = []
+        check(config.sensors)  # a sensor its driver refuses stops the device before it starts
         self.inference = Inference(config.kernel, cache_dir=config.data_dir / "model-cache")
         self.outbox = Outbox(config.data_dir / "outbox.db", config.outbox)
         self.publisher = Publisher(
@@ -158,6 +164,7 @@ class Kernel:
             counters=self.counters,
         )
         self._background: set[asyncio.Task[Any]] = set()
+        self._desired_sensors: list[SensorConfig] | None = None
         self.agents = AgentHost(
             self.device,
             config.data_dir,
@@ -167,12 +174,14 @@ class Kernel:
                 ),
                 publish=self._agent_publish,
                 event=self.publisher.event,
-                sensor_streams=frozenset(sensor.stream for sensor in config.sensors),
+                sensor_streams=self.sensors.running,
                 stats=self._kernel_figures,
+                actuate=self._actuate,
             ),
             on_change=self._agent_changed,
         )
         self._desired_agents: list[AgentSpec] = []
+        self.sensors.tap = self.agents.bus.publish
 
     # -- status, birth and will -------------------------------------------------------------
 
@@ -261,6 +270,7 @@ class Kernel:
             ]
             await stop.wait()
             await self.agents.close()
+            await self.sensors.close()
             for worker in workers:
                 worker.cancel()
         await self._flush_at_stop()
@@ -268,7 +278,7 @@ class Kernel:
 
     async def _flush_at_stop(self) -> None:
         """Commit what the sensors hold (sent after the next start if not now), within a bound."""
-        lost = await flush_all(self.streams, FLUSH_AT_STOP_S)
+        lost = await flush_all(self.sensors.streams, FLUSH_AT_STOP_S)
         if lost:
             self.counters["samples_lost_at_stop"] += lost
             log.warning("%s: %d samples not committed at the stop: no room in the outbox", self.device, lost)
@@ -276,12 +286,7 @@ class Kernel:
     async def _run_sensors(self) -> None:
         """Sensors start with the first connection, so a best-effort stream loses nothing at boot."""
         await self.session.wait_connected()
-        self.streams = [
-            SensorStream(sensor, self._emit, tap=self.agents.bus.publish) for sensor in self.config.sensors
-        ]
-        async with asyncio.TaskGroup() as tasks:
-            for stream in self.streams:
-                tasks.create_task(stream.run(), name=f"sensor:{stream.config.stream}")
+        await self.sensors.apply(self._wanted_sensors())
 
     async def _report_loop(self) -> None:
         """Report on every connection and every reported_interval_s while connected. Over CoAP, which
@@ -302,7 +307,7 @@ class Kernel:
             capabilities=caps,
             free_ram_bytes=capabilities.free_ram(),
             load_1m=capabilities.load_1m(),
-            streams=[s.stream for s in self.config.sensors],
+            streams=self.sensors.names or [s.stream for s in self._wanted_sensors()],
             labels=dict(self.config.labels),
             software=f"edgekernel {__version__}",
             config_generation=self.desired_generation,
@@ -427,13 +432,17 @@ class Kernel:
             try:
                 desired = DesiredBody.from_envelope(envelope)
                 agents = desired_agents(envelope.body)
+                sensors = desired_sensors(envelope.body)
             except ProtocolError as err:
                 self.counters[f"rejected:{err.reason}"] += 1
                 log.warning("refused desired: %s", err)
                 return
             self.desired_generation = desired.generation
             self._desired_agents = agents
+            self._desired_sensors = sensors
             self._spawn(self.agents.apply(self._wanted_agents()))
+            if self.session.connected:  # before the first connection, the sensors start with it
+                self._spawn(self.sensors.apply(self._wanted_sensors()))
         elif topic.kind is TopicKind.ACK:
             try:
                 ack = AckBody.from_envelope(envelope)
@@ -504,6 +513,13 @@ class Kernel:
         wanted.update((spec.name, spec) for spec in self._desired_agents)
         return list(wanted.values())
 
+    def _wanted_sensors(self) -> list[SensorConfig]:
+        """The config's sensors, or what ``…/desired`` sets instead (its list replaces the config's)."""
+        return list(self.config.sensors if self._desired_sensors is None else self._desired_sensors)
+
+    async def _actuate(self, stream: str, value: float) -> None:
+        self.sensors.actuate(stream, value)
+
     async def _agent_publish(self, stream: str, samples: list[Sample], best_effort: bool) -> bool:
         body = TelemetryBody(stream=stream, samples=samples)
         return await self.publisher.telemetry(stream, body, best_effort=best_effort)
@@ -552,23 +568,5 @@ class Kernel:
             "models": [state.model_dump(mode="json") for state in self._model_states()],
             "inference": self._inference_summary().model_dump(mode="json"),
             "agents": [agent.model_dump(mode="json") for agent in report.agent_reports(self.agents)],
+            "sensors": report.plain(self.sensors.status()),
         }
-
-
-def desired_agents(body: dict[str, JsonValue]) -> list[AgentSpec]:
-    """The agents a ``…/desired`` body assigns to the device (none when it names none)."""
-    value = body.get("agents")
-    if value is None:
-        return []
-    try:
-        specs = _AGENT_LIST.validate_python(value)
-    except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ProtocolError("bad-body", f"desired agents.{where}: {first['msg']}") from None
-    if len({spec.name for spec in specs}) != len(specs):
-        raise ProtocolError("bad-body", "desired agents: a name is assigned twice")
-    return specs
-
-
-_AGENT_LIST = TypeAdapter(list[AgentSpec])

@@ -1,5 +1,8 @@
 """A sensor stream: reads its driver on a fixed grid and packs samples into batched envelopes.
 
+The driver (`drivers.registry`) is polled on the grid; a push driver's samples wait in its queue
+until the next tick, so both kinds batch the same way.
+
 The grid runs on the monotonic clock, so a wall-clock jump (NTP at boot on a box without an RTC)
 neither floods nor silences the stream; sample timestamps are wall-clock time, read at each poll.
 """
@@ -11,7 +14,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from edgekernel.config.models import SensorConfig
-from edgekernel.device.drivers.sim import SimSource
+from edgekernel.device.drivers import registry
+from edgekernel.device.drivers.base import SampleValue, Source
 from edgekernel.protocol import Sample, TelemetryBody
 
 Emit = Callable[[SensorConfig, TelemetryBody], Awaitable[None]]
@@ -29,7 +33,14 @@ class SensorStream:
         """`tap` sees every sample as it is read (the agents' local bus), before batching."""
         self.config = config
         self._tap = tap
-        self.source = SimSource(config.sim, config.rate_hz, time.monotonic() if t0 is None else t0)
+        self.source: Source = registry.open_source(
+            config.driver,
+            config.stream,
+            config.settings,
+            rate_hz=config.rate_hz,
+            t0=time.monotonic() if t0 is None else t0,
+            base_dir=config.base_dir,
+        )
         self._emit = emit
         self._pending: list[Sample] = []
         self._oldest: float | None = None
@@ -50,17 +61,21 @@ class SensorStream:
         return max(0.001, min(MAX_TICK_S, per_sample, wait) if wait > 0 else min(MAX_TICK_S, per_sample))
 
     async def run(self) -> None:
+        """Poll on the grid while the driver's own work (a connection, an observation) runs beside."""
         tick = self._tick_s()
-        while True:
-            await self.poll(time.monotonic())
-            await asyncio.sleep(tick)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.source.run(), name=f"driver:{self.config.stream}")
+            while True:
+                await self.poll(time.monotonic())
+                await asyncio.sleep(tick)
 
     async def poll(self, now: float) -> None:
         """Take the samples due at `now` (monotonic), and emit every batch that is full or old enough."""
         batch = self.config.batch
-        wall_offset = time.time() - time.monotonic()
+        wall_offset = 0.0 if self.source.wall_times else time.time() - time.monotonic()
         taken = [
-            Sample(ts=at + wall_offset, value=value) for at, value in self.source.take(self.source.due(now))
+            Sample(ts=at + wall_offset, value=_plain(value))
+            for at, value in self.source.take(self.source.due(now))
         ]
         if taken and self._tap is not None:
             self._tap(self.config.stream, taken)
@@ -82,6 +97,10 @@ class SensorStream:
         self._oldest = None
         self.envelopes += 1
         await self._emit(self.config, body)
+
+
+def _plain(value: SampleValue) -> float | dict[str, float]:
+    return float(value) if isinstance(value, int | float) else {str(k): float(v) for k, v in value.items()}
 
 
 def split_to_fit(body: TelemetryBody, fits: Fits) -> list[TelemetryBody]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-KINDS = ["scale", "infer", "crash", "leak", "spin", "stubborn", "flood"]
+KINDS = ["scale", "infer", "crash", "leak", "spin", "stubborn", "flood", "actuate"]
 
 
 def install(where: Path) -> Path:

@@ -9,7 +9,7 @@ import os
 import numpy as np
 from pydantic import BaseModel
 
-from edgekernel.device.agents import Agent, AgentQuotaError, Context
+from edgekernel.device.agents import Agent, AgentError, AgentQuotaError, Context
 
 
 class Scale(Agent):
@@ -79,3 +79,18 @@ class Flood(Agent):
                 if refused % 100 == 1:
                     await ctx.state.set("refused", refused)
             await asyncio.sleep(0)
+
+
+class Actuate(Agent):
+    """Drives a stream's input once with a good value and once with a bad one, and says what happened."""
+
+    class Config(BaseModel):
+        stream: str = "fan"
+
+    async def run(self, ctx: Context) -> None:
+        await ctx.actuate(ctx.config.stream, 0.75)
+        try:
+            await ctx.actuate(ctx.config.stream, 2.0)
+        except AgentError as err:
+            await ctx.event("refused", {"error": str(err)})
+        await asyncio.sleep(3600)

@@ -18,6 +18,7 @@ from pydantic import JsonValue
 from edgekernel.config.agents import AgentSpec
 from edgekernel.device.agents.host import AgentHost, Ports
 from edgekernel.device.agents.lifecycle import Change
+from edgekernel.device.drivers.errors import NotAnActuatorError
 from edgekernel.protocol import Sample
 from tests.agents.install import install
 
@@ -41,6 +42,7 @@ class Kernel:
         self.published: list[tuple[str, Sample]] = []
         self.events: list[tuple[str, JsonValue]] = []
         self.changes: list[Change] = []
+        self.actuated: list[tuple[str, float]] = []
 
     async def infer(
         self, agent: str, model: str, inputs: list[Any], priority: int, deadline_s: float | None
@@ -57,6 +59,11 @@ class Kernel:
         self.events.append((event_type, {"agent": agent, "data": data}))
         return True
 
+    async def actuate(self, stream: str, value: float) -> None:
+        if not 0 <= value <= 1:
+            raise NotAnActuatorError("sim", stream, f"stream {stream}: the fan duty must be between 0 and 1")
+        self.actuated.append((stream, value))
+
     def on(self, stream: str) -> list[Sample]:
         return [s for name, s in self.published if name == stream]
 
@@ -68,7 +75,7 @@ def kernel() -> Kernel:
 
 @pytest.fixture
 def host(tmp_path: Path, kernel: Kernel, agents_installed: Path) -> Iterator[AgentHost]:
-    ports = Ports(kernel.infer, kernel.publish, kernel.event, frozenset({"in"}))
+    ports = Ports(kernel.infer, kernel.publish, kernel.event, frozenset({"in"}), actuate=kernel.actuate)
     made = AgentHost("dev", tmp_path / "data", ports, on_change=kernel.changes.append)
     yield made
     made.kill_now()  # a test that failed before closing its host leaves no agent process behind
@@ -109,6 +116,19 @@ async def test_subscribe_publish_state_and_events(host: AgentHost, kernel: Kerne
     assert (pid == os.getpid()) is (isolation == "inline")
     await host.close()
     assert host.states.path.exists()
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+async def test_actuate_reaches_the_stream_and_a_refusal_reaches_the_agent(
+    host: AgentHost, kernel: Kernel, isolation: str
+) -> None:
+    await host.apply([spec("fan-control", "actuate", isolation)])
+    await until(lambda: any(t == "refused" for t, _ in kernel.events), "the refusal")
+    assert kernel.actuated == [("fan", 0.75)]
+    [(_, body)] = [e for e in kernel.events if e[0] == "refused"]
+    assert "between 0 and 1" in str(body)
+    assert host.usage()["fan-control"]["actuated"] == 1
+    await host.close()
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)

@@ -24,7 +24,6 @@ from edgekernel.config.models import (
     SimSignal,
     StoreConfig,
 )
-from edgekernel.device.datasets import split
 from edgekernel.device.kernel import Kernel
 from edgekernel.gateway import Gateway
 from edgekernel.link import Mosquitto, Outbox, free_port
@@ -32,6 +31,7 @@ from edgekernel.link.coap import CoapBadRequest, CoapClient, CoapError, CoapNotF
 from edgekernel.protocol import Encoding, StatusBody, TelemetryBody, decode, topics
 from tests.stores import rows
 from tests.waiting import DEADLINE_S
+from tools.datasets import split
 
 from .helpers import Collector, wait_until
 

@@ -11,11 +11,11 @@ import pytest
 from edgekernel.config import BrokerConfig, DeviceConfig
 from edgekernel.config.kernel import KernelConfig, ModelSpec
 from edgekernel.config.models import BatchConfig, ReconnectConfig, SensorConfig, SimSignal
-from edgekernel.device.datasets import split
 from edgekernel.device.kernel import Kernel
 from edgekernel.link import Message, Mosquitto, MqttSession
 from edgekernel.protocol import ReportedBody, StatusBody, TelemetryBody, decode, encode, topics
 from edgekernel.protocol.bodies import AckBody
+from tools.datasets import split
 
 from .helpers import Collector, wait_until
 

@@ -209,6 +209,7 @@ def test_schemas_describe_each_model() -> None:
         "vibration",
         "temperature",
         "random-walk",
+        "plant",
     ]
 
 

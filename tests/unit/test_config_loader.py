@@ -188,7 +188,7 @@ def test_bad_literal_value_lists_the_allowed_values(tmp_path: Path) -> None:
     path = write(tmp_path, DEVICE.replace("kind: vibration", "kind: wobble"))
     problem = only_problem(path)
     assert (problem.line, problem.path) == (8, "sensors.0.sim.kind")
-    assert "'sine', 'vibration', 'temperature' or 'random-walk'" in problem.message
+    assert "'sine', 'vibration', 'temperature', 'random-walk' or 'plant'" in problem.message
 
 
 def test_wrong_type_says_what_was_found(tmp_path: Path) -> None:

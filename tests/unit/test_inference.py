@@ -12,11 +12,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgekernel.config.kernel import KernelConfig, ModelSpec, SchedulerConfig
-from edgekernel.device.datasets import split
 from edgekernel.device.inference import Inference, ManagerExecutor, thread_budget
 from edgekernel.device.models import file_sha256, runtime_for
 from edgekernel.device.models.runtime import ModelError, ModelFileError
 from tests.waiting import wait_until_async
+from tools.datasets import split
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 MANIFEST = {m["file"]: m for m in json.loads((MODELS / "manifest.json").read_text())["models"]}

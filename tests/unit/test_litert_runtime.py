@@ -234,7 +234,7 @@ def project_families() -> dict[str, dict[str, dict[str, Any]]]:
 def test_project_litert_models_agree_with_their_onnx_twins() -> None:
     """Same inputs (the held-out test split), same family: the int8 LiteRT model's probabilities stay
     within quantization error of the fp32 ONNX model's, and the predictions agree."""
-    from edgekernel.device import datasets
+    from tools import datasets
 
     for family, files in project_families().items():
         lite_entry, fp32_entry = files["litert-int8"], files["onnx-fp32"]

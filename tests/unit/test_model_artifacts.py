@@ -19,8 +19,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgekernel.device import datasets
-from edgekernel.device.datasets import gesture_windows, split, vibration_windows
+from tools import datasets
+from tools.datasets import gesture_windows, split, vibration_windows
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"

@@ -144,6 +144,9 @@ class RemoteCalls:
     async def heartbeat(self, agent: str) -> None:
         return None
 
+    async def actuate(self, agent: str, stream: str, value: float) -> None:
+        await self._call(agent, "actuate", stream=stream, value=value)
+
     async def kernel_stats(self, agent: str) -> dict[str, float]:
         stats = await self._call(agent, "kernel_stats")
         return {str(k): float(v) for k, v in stats.items()}

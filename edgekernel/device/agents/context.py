@@ -53,6 +53,8 @@ class KernelCalls(Protocol):
 
     async def kernel_stats(self, agent: str) -> dict[str, float]: ...
 
+    async def actuate(self, agent: str, stream: str, value: float) -> None: ...
+
 
 class State:
     """The agent's persisted key/value state: reads from memory, writes committed before they return."""
@@ -158,6 +160,11 @@ class Context:
             next_at += seconds
             if next_at < time.monotonic():
                 next_at += math.ceil((time.monotonic() - next_at) / seconds) * seconds
+
+    async def actuate(self, stream: str, value: float) -> None:
+        """Set the input of a sensor stream's driver (the `sim` plant's fan duty, 0 to 1): the stream's
+        samples respond to it. An error says when the stream has no such input or refuses the value."""
+        await self._calls.actuate(self.agent, stream, value)
 
     async def kernel_stats(self) -> dict[str, float]:
         """The kernel's own figures: inference queue depth, outbox backlog."""

@@ -14,7 +14,7 @@ import math
 import re
 import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from edgekernel.device.agents.process import ProcessExecution
 from edgekernel.device.agents.quotas import RateLimit
 from edgekernel.device.agents.store import StateStore
 from edgekernel.device.agents.supervisor import AgentStatus, Execution, Supervisor
+from edgekernel.device.drivers.errors import DriverError
 from edgekernel.protocol import Sample
 from edgekernel.protocol.topics import ID_PATTERN
 
@@ -46,8 +47,9 @@ class Ports:
     infer: Callable[[str, str, list[FloatArray], int, float | None], Awaitable[list[FloatArray]]]
     publish: Callable[[str, list[Sample], bool], Awaitable[bool]]  # stream, samples, best_effort
     event: Callable[[str, str, JsonValue], Awaitable[bool]]  # type, agent, data
-    sensor_streams: frozenset[str] = frozenset()
+    sensor_streams: Collection[str] = frozenset()  # a live view: sensors come and go at run time
     stats: Callable[[], dict[str, float]] = dict
+    actuate: Callable[[str, float], Awaitable[None]] | None = None  # stream, value
 
 
 @dataclass(slots=True)
@@ -203,6 +205,24 @@ class AgentHost:
             usage.counters["event_refused:outbox"] += 1
             raise AgentError(agent, f"the outbox refused the {event_type} event (full, or a full disk)")
         usage.counters["events"] += 1
+
+    async def actuate(self, agent: str, stream: str, value: float) -> None:
+        usage = self._of(agent)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise AgentError(agent, f"actuate {stream}: the value must be a finite number, got {value!r}")
+        if self.ports.actuate is None:
+            raise AgentError(agent, "this kernel has no actuators")
+        try:
+            usage.publish_rate.take(agent)
+        except AgentQuotaError:
+            usage.counters["actuate_refused:rate"] += 1
+            raise
+        try:
+            await self.ports.actuate(stream, float(value))
+        except DriverError as err:
+            usage.counters["actuate_refused"] += 1
+            raise AgentError(agent, str(err)) from err
+        usage.counters["actuated"] += 1
 
     def subscribe(self, agent: str, stream: str, depth: int) -> Subscription[Sample]:
         self._of(agent)

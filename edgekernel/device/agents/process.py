@@ -218,6 +218,11 @@ class ProcessExecution:
             await host.state_delete(name, str(args["key"]))
         elif call == "kernel_stats":
             return await host.kernel_stats(name)
+        elif call == "actuate":
+            value = args.get("value")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise WireError(name, "actuate takes a number")
+            await host.actuate(name, str(args["stream"]), float(value))
         else:
             raise WireError(name, f"no kernel call {call!r}")
         return None

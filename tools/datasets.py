@@ -1,6 +1,8 @@
 """Seeded synthetic sensor datasets with known ground truth, for the models the project builds itself.
 
-Pure NumPy, so the package, the tests and the benchmarks can all import it. Each generator draws
+Only tests, tools and benchmarks use them, so they live outside the installed package; the machine
+faults come from the `sim` driver (`edgekernel/device/drivers/faults.py`), so the model learns the
+faults the simulator injects. Pure NumPy. Each generator draws
 from its own `numpy.random.default_rng(seed)`: the same seed gives the same arrays (bit for bit on
 one machine; across machines up to the last bit of libm's `sin`/`exp`, which the float32 cast hides
 almost always).
@@ -36,11 +38,17 @@ never seen in training: use `split`.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+try:
+    from edgekernel.device.drivers import faults
+except ImportError:  # tools/build_models.py's venv has numpy only: it loads faults.py by path first
+    faults = sys.modules["edgekernel_faults"]
 
 __all__ = [
     "DATASETS",
@@ -170,9 +178,12 @@ def vibration_windows(
     # Faults, drawn for every window and added where the label says anomaly.
     kind = rng.integers(0, 3, n)
     severity = _uniform(rng, 0.0, 1.0, n)
-    bearing = _bearing_impulses(rng, t, f0, amp, severity)
-    misaligned = _misalignment(rng, shaft_phase, phases, amp, ratio2=ratio2, severity=severity)
-    burst = _broadband_burst(rng, window, amp, severity)
+    bearing = faults.BearingFault.draw(rng, f0, amp, severity).wave(t)
+    misaligned = faults.MisalignmentFault.draw(rng, amp, severity).wave(
+        shaft_phase, ratio2, phases[:, 1:2], phases[:, 3:4]
+    )
+    index = np.arange(window, dtype=np.float64)[None, :]
+    burst = faults.BurstFault.draw(rng, window, amp, severity).wave(rng, index)
     fault = np.select([kind[:, None] == 0, kind[:, None] == 1], [bearing, misaligned], burst)
     signal += (y == 1)[:, None] * fault
 
@@ -182,64 +193,6 @@ def vibration_windows(
     noise = rng.standard_normal((n, window, channels)) * noise_level[:, :, None]
     x = signal[:, :, None] * gains + noise
     return x.astype(np.float32), y
-
-
-def _bearing_impulses(
-    rng: np.random.Generator,
-    t: npt.NDArray[np.float64],
-    f0: npt.NDArray[np.float64],
-    amp: npt.NDArray[np.float64],
-    severity: npt.NDArray[np.float64],
-) -> npt.NDArray[np.float64]:
-    """A defect struck once per pass: decaying resonance impulses at a bearing fault frequency."""
-    n = f0.shape[0]
-    period = 1.0 / (f0 * _uniform(rng, 3.0, 5.5, n))
-    offset = _uniform(rng, 0.0, 1.0, n) * period
-    since = np.mod(t - offset, period)  # time since the last impact
-    resonance = _uniform(rng, 150.0, 400.0, n)
-    decay = _uniform(rng, 0.002, 0.005, n)
-    height = amp * (0.35 + 1.0 * severity)
-    modulation = 1.0 + 0.3 * np.sin(_TWO_PI * f0 * t)  # load zone: impacts vary with shaft angle
-    return height * modulation * np.exp(-since / decay) * np.sin(_TWO_PI * resonance * since)
-
-
-def _misalignment(
-    rng: np.random.Generator,
-    shaft_phase: npt.NDArray[np.float64],
-    phases: npt.NDArray[np.float64],
-    amp: npt.NDArray[np.float64],
-    *,
-    ratio2: npt.NDArray[np.float64],
-    severity: npt.NDArray[np.float64],
-) -> npt.NDArray[np.float64]:
-    """Misalignment and looseness: the 2x harmonic grows to 0.45-1.1 of 1x (healthy: at most 0.35),
-    and half the machines also show a 1/2x sub-harmonic."""
-    n = amp.shape[0]
-    second = 0.45 + 0.65 * severity
-    sub = rng.uniform(0.0, 1.0, (n, 1)) < 0.5
-    sub_level = sub * _uniform(rng, 0.1, 0.3, n) * (0.5 + severity)
-    return amp * (
-        (second - ratio2) * np.sin(2.0 * shaft_phase + phases[:, 1:2])
-        + sub_level * np.sin(0.5 * shaft_phase + phases[:, 3:4])
-    )
-
-
-def _broadband_burst(
-    rng: np.random.Generator,
-    window: int,
-    amp: npt.NDArray[np.float64],
-    severity: npt.NDArray[np.float64],
-) -> npt.NDArray[np.float64]:
-    """Rubbing or a cracked part: a short burst of broadband noise somewhere in the window."""
-    n = amp.shape[0]
-    length = np.floor(_uniform(rng, 0.08, 0.3, n) * window)
-    start = np.floor(_uniform(rng, 0.0, 1.0, n) * (window - length))
-    index = np.arange(window, dtype=np.float64)[None, :]
-    inside = (index >= start) & (index < start + length)
-    envelope = inside * np.sin(math.pi * np.clip((index - start) / length, 0.0, 1.0)) ** 2
-    level = amp * (0.3 + 0.9 * severity)
-    burst: npt.NDArray[np.float64] = level * envelope * rng.standard_normal((n, window))
-    return burst
 
 
 def gesture_windows(n: int, *, seed: int, window: int = 64) -> tuple[FloatArray, LabelArray]:
