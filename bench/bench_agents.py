@@ -234,9 +234,21 @@ def main() -> None:
         ["path", "p50 ms", "p99 ms", "mean ms", "ratio (mean)"],
         [
             ["runtime run (anchor)", raw["p50_ms"], raw["p99_ms"], raw["mean_ms"], 1.0],
-            ["inline agent await ctx.infer", inline["p50_ms"], inline["p99_ms"], inline["mean_ms"], ratio_inline],
+            [
+                "inline agent await ctx.infer",
+                inline["p50_ms"],
+                inline["p99_ms"],
+                inline["mean_ms"],
+                ratio_inline,
+            ],
             ["runtime run (anchor, process rounds)", raw_p["p50_ms"], raw_p["p99_ms"], raw_p["mean_ms"], 1.0],
-            ["process agent await ctx.infer", process["p50_ms"], process["p99_ms"], process["mean_ms"], ratio_process],
+            [
+                "process agent await ctx.infer",
+                process["p50_ms"],
+                process["p99_ms"],
+                process["mean_ms"],
+                ratio_process,
+            ],
             ["process agent kernel_stats (no-op call)", call["p50_ms"], call["p99_ms"], call["mean_ms"], "—"],
         ],
     )
@@ -246,7 +258,12 @@ def main() -> None:
         f"process agent SIGKILLed → running again, {len(crashes)} times (first backoff 0.5 s, jitter −20 %)",
         ["part", "median s", "min s", "max s"],
         [
-            [part, statistics.median(c[part] for c in crashes), min(c[part] for c in crashes), max(c[part] for c in crashes)]
+            [
+                part,
+                statistics.median(c[part] for c in crashes),
+                min(c[part] for c in crashes),
+                max(c[part] for c in crashes),
+            ]
             for part in parts
         ],
     )
