@@ -72,6 +72,9 @@ class ManagerExecutor:
         if self.manager.batch_capable(model) is None:
             self.manager.load(model)
 
+    def ready(self, model: str) -> bool:
+        return self.manager.batch_capable(model) is not None
+
     def forget(self, model: str) -> None:
         """After a swap: the new version may differ in whether it batches."""
         self._batch_capable.pop(model, None)

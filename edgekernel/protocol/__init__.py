@@ -1,4 +1,12 @@
-"""The wire contract, sans I/O: topics, the envelope, typed bodies and codecs (JSON, CBOR)."""
+"""The wire contract, sans I/O: topics, the envelope, typed bodies and codecs (JSON, CBOR).
+
+The signed commands' names are imported on first use: they need `cryptography` (8 MB and a tenth of a
+second), which an agent process, using only `Sample`, does not."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from edgekernel.protocol import topics
 from edgekernel.protocol.bodies import (
@@ -20,23 +28,25 @@ from edgekernel.protocol.codec import (
     decode,
     encode,
 )
-from edgekernel.protocol.commands import (
-    CommandBody,
-    CommandVerifier,
-    FleetKey,
-    FleetVerifier,
-    ReplyBody,
-    ReplyCache,
-    ReplyError,
-    VerifiedCommand,
-    sign_command,
-    signing_payload,
-)
 from edgekernel.protocol.envelope import SCHEMA_VERSION, Envelope, MessageType
 from edgekernel.protocol.errors import ProtocolError
 from edgekernel.protocol.inbound import Inbound, check_seq, inbound
 from edgekernel.protocol.times import check_times
 from edgekernel.protocol.topics import Topic, TopicKind
+
+if TYPE_CHECKING:
+    from edgekernel.protocol.commands import (
+        CommandBody,
+        CommandVerifier,
+        FleetKey,
+        FleetVerifier,
+        ReplyBody,
+        ReplyCache,
+        ReplyError,
+        VerifiedCommand,
+        sign_command,
+        signing_payload,
+    )
 
 __all__ = [
     "CONTENT_TYPES",
@@ -76,3 +86,26 @@ __all__ = [
     "signing_payload",
     "topics",
 ]
+
+_COMMANDS = frozenset(
+    {
+        "CommandBody",
+        "CommandVerifier",
+        "FleetKey",
+        "FleetVerifier",
+        "ReplyBody",
+        "ReplyCache",
+        "ReplyError",
+        "VerifiedCommand",
+        "sign_command",
+        "signing_payload",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _COMMANDS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module("edgekernel.protocol.commands"), name)
+    globals()[name] = value
+    return value

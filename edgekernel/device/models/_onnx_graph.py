@@ -1,6 +1,9 @@
 """Reading an ONNX graph with the `onnx` package: loading with errors translated, the scale and zero
 point of integer graph inputs and outputs, which quantization style a model uses, op and parameter
-counts. Initializer data is read only where a scale is needed; external data is never loaded."""
+counts. Initializer data is read only where a scale is needed; external data is never loaded.
+
+`onnx` is imported on first use, not with this module: its import takes 0.5-1 s (its `ml_dtypes`
+extension) and tens of MB, and serving a model with float inputs and outputs never needs it."""
 
 from __future__ import annotations
 
@@ -8,12 +11,15 @@ import importlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from edgekernel.device.models.runtime import ModelFileError, Quantization
+
+if TYPE_CHECKING:
+    import onnx
 
 # op → (data, scale, zero point) input positions of each quantized input it takes
 _QUANTIZED_INPUTS: dict[str, tuple[tuple[int, int, int], ...]] = {
@@ -47,13 +53,12 @@ _QUANTIZED_OUTPUT: dict[str, tuple[int, int]] = {
 _QOPERATOR = {"QGemm", "QAttention", "QEmbedLayerNormalization", "QOrderedMatMul"}
 _DYNAMIC = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"}
 _WEIGHT_ONLY = {"MatMulNBits", "MatMulBnb4", "GatherBlockQuantized"}
-_DECODE_ERROR: type[Exception] = importlib.import_module("google.protobuf.message").DecodeError
-INTEGER_TYPES = {
-    onnx.TensorProto.INT8,
-    onnx.TensorProto.UINT8,
-    onnx.TensorProto.INT16,
-    onnx.TensorProto.UINT16,
-}
+INTEGER_TYPES = {3, 2, 5, 4}  # TensorProto INT8, UINT8, INT16, UINT16 (fixed by the ONNX spec)
+_TENSOR, _GRAPH, _GRAPHS = 4, 5, 10  # AttributeProto.TENSOR, GRAPH, GRAPHS
+
+
+def _onnx() -> ModuleType:
+    return importlib.import_module("onnx")
 
 
 def load(path: Path) -> onnx.ModelProto:
@@ -62,10 +67,11 @@ def load(path: Path) -> onnx.ModelProto:
         data = path.read_bytes()
     except OSError as err:
         raise ModelFileError(f"cannot read it: {err.strerror or err}", model=str(path)) from err
-    model = onnx.ModelProto()
+    model: onnx.ModelProto = _onnx().ModelProto()
+    decode_error: type[Exception] = importlib.import_module("google.protobuf.message").DecodeError
     try:
         model.ParseFromString(data)
-    except (_DECODE_ERROR, ValueError, RuntimeError) as err:
+    except (decode_error, ValueError, RuntimeError) as err:
         raise ModelFileError(f"not an ONNX model: {err}", model=str(path)) from err
     if not data or model.ir_version <= 0 or not model.HasField("graph") or not model.graph.output:
         raise ModelFileError("not an ONNX model (no IR version or no graph)", model=str(path))
@@ -77,9 +83,9 @@ def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     yield graph
     for node in graph.node:
         for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
+            if attribute.type == _GRAPH:
                 yield from graphs(attribute.g)
-            elif attribute.type == onnx.AttributeProto.GRAPHS:
+            elif attribute.type == _GRAPHS:
                 for sub in attribute.graphs:
                     yield from graphs(sub)
 
@@ -100,7 +106,7 @@ def parameters(model: onnx.ModelProto) -> Counter[str]:
         tensors = list(graph.initializer)
         for node in graph.node:
             if node.op_type == "Constant":
-                tensors += [attr.t for attr in node.attribute if attr.type == onnx.AttributeProto.TENSOR]
+                tensors += [attr.t for attr in node.attribute if attr.type == _TENSOR]
         for tensor in tensors:
             counts[dtype_name(tensor.data_type)] += int(np.prod(tensor.dims, dtype=np.int64))
     return counts
@@ -114,11 +120,11 @@ def text(value: str | bytes) -> str:
 def dtype_name(elem_type: int) -> str:
     """numpy's name for an ONNX element type (``float32``), else ONNX's own (``string``)."""
     try:
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+        return str(np.dtype(_onnx().helper.tensor_dtype_to_np_dtype(elem_type)).name)
     except (KeyError, TypeError, ValueError):
         pass
     try:
-        return str(onnx.TensorProto.DataType.Name(elem_type)).lower()
+        return str(_onnx().TensorProto.DataType.Name(elem_type)).lower()
     except ValueError:
         return "unknown"
 
@@ -147,7 +153,7 @@ def io_quantization(model: onnx.ModelProto) -> dict[str, Quantization]:
     for node in graph.node:
         if node.op_type == "Constant" and node.output:
             for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
+                if attr.type == _TENSOR:
                     constants[node.output[0]] = attr.t
     wanted = {
         value.name
@@ -179,6 +185,7 @@ def _put(
     zero_name = node.input[zero_at] if len(node.input) > zero_at else ""
     if scale_name not in constants:
         return
+    numpy_helper = _onnx().numpy_helper
     try:
         scale = numpy_helper.to_array(constants[scale_name]).astype(np.float64).ravel()
         zero = (

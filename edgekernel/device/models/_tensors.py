@@ -33,17 +33,17 @@ def check_inputs(model: str, infos: Sequence[TensorInfo], arrays: Sequence[Any])
             )
         if array.dtype.kind not in "fiub":
             raise InferenceError(f"input {info.name!r}: expected float32, got {array.dtype}", model=model)
-        expected = shape_text(info.shape)
         if array.ndim != len(info.shape):
             raise InferenceError(
-                f"input {info.name!r}: expected rank {len(info.shape)} {expected}, got shape {array.shape}",
+                f"input {info.name!r}: expected rank {len(info.shape)} {shape_text(info.shape)}, "
+                f"got shape {array.shape}",
                 model=model,
             )
         for axis, (want, got) in enumerate(zip(info.shape, array.shape, strict=True)):
             if want is not None and want != got:
                 raise InferenceError(
                     f"input {info.name!r}: dimension {axis} must be {want}, got {got} "
-                    f"(expected {expected}, got {array.shape})",
+                    f"(expected {shape_text(info.shape)}, got {array.shape})",
                     model=model,
                 )
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
 from edgekernel.device.models import _onnx_graph
 from edgekernel.device.models._files import ModelFormat, check_file, detect_format, file_digest
 from edgekernel.device.models.litert_runtime import interpreter_module, quantization_of, tensor_info
 from edgekernel.device.models.runtime import ModelFileError, RuntimeUnavailableError, TensorInfo
+
+if TYPE_CHECKING:
+    import onnx
 
 _LITERT_ERRORS = (ValueError, RuntimeError, TypeError, IndexError, OSError)
 
@@ -91,6 +93,9 @@ def _sorted(counts: Counter[str]) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+
+
 def _inspect_onnx(path: Path, size: int, digest: str) -> ModelReport:
     model = _onnx_graph.load(path)
     graph = model.graph
@@ -116,7 +121,7 @@ def _inspect_onnx(path: Path, size: int, digest: str) -> ModelReport:
     parts = (model.producer_name, model.producer_version)
     producer = " ".join(_onnx_graph.text(part) for part in parts if part) or None
     notes = []
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+    if any(t.data_location == _EXTERNAL for t in graph.initializer):
         notes.append("weights are stored in external data files beside the model")
     return ModelReport(
         path=path,

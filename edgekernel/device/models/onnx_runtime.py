@@ -265,6 +265,7 @@ class OnnxSession:
             raise ModelFileError("the model has no output edgekernel can pass", model=str(path))
         self._outputs = tuple(self._info(arg, quantization, path) for arg in outputs)
         self._output_names = [info.name for info in self._outputs]
+        self._batch_capable = leading_batch(self._inputs) and leading_batch(self._outputs)
 
     @staticmethod
     def _info(arg: Any, quantization: dict[str, Quantization], path: Path) -> TensorInfo:
@@ -294,7 +295,7 @@ class OnnxSession:
 
     @property
     def batch_capable(self) -> bool:
-        return leading_batch(self._inputs) and leading_batch(self._outputs)
+        return self._batch_capable
 
     @property
     def options(self) -> Any:

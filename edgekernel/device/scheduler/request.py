@@ -34,6 +34,9 @@ class Executor(Protocol):
     def prepare(self, model: str) -> None:
         """Make `model` ready to run (load it); called before a batch's service time starts."""
 
+    def ready(self, model: str) -> bool:
+        """Whether `model` runs now, without loading (or waiting for anything) first."""
+
     def run_batch(
         self, model: str, batch: Sequence[Sequence[FloatArray]]
     ) -> Sequence[list[FloatArray] | BaseException]:

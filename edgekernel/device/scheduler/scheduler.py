@@ -194,9 +194,29 @@ class Scheduler:
         priority: int = 0,
         deadline_s: float | None = None,
     ) -> list[FloatArray]:
-        """`submit` for asyncio; cancelling the awaiting task cancels the request if still queued."""
-        future = self.submit(agent, model, inputs, priority=priority, deadline_s=deadline_s)
-        return await asyncio.wrap_future(future)
+        """`submit` for asyncio; cancelling the awaiting task cancels the request if still queued.
+
+        When a worker would take the request at once and its model is loaded and measured to take at
+        most `loop_inline_ms` at batch 1, the loop's own thread runs it, as `infer_sync` does for a
+        thread: two thread hand-offs (loop → worker → loop) cost more than such a model. It then yields
+        once, so an agent calling in a tight loop cannot starve the others.
+        """
+        inline = self._loop_may_run(model)
+        future, batch = self._submit(agent, model, inputs, priority, deadline_s, inline=inline)
+        if batch is None:
+            return await asyncio.wrap_future(future)
+        self._pool.run(batch)
+        await asyncio.sleep(0)
+        return future.result()
+
+    def _loop_may_run(self, model: str) -> bool:
+        limit = self.config.loop_inline_ms / 1e3
+        if limit <= 0:
+            return False
+        costs = self._pool.queue.costs
+        with self._pool.lock:  # the workers update the costs
+            cheap = costs.known(model) and costs.estimate(model, 1) <= limit
+        return cheap and self._executor.ready(model)
 
     def infer_sync(
         self,
