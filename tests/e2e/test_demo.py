@@ -119,7 +119,7 @@ def test_demo_with_three_devices(tmp_path: Path) -> None:
             timeout=300,
             seen=lambda: stored_events(store),
         )
-        device, body = raised[0]
+        _device, body = raised[0]
         assert body["agent"] == "vibration-watch", body
         assert body["data"]["state"] == "raised", body
 
