@@ -44,7 +44,7 @@ def device_config(index: int, data_root: Path) -> dict[str, Any]:
         "reported_interval_s": 10,
         **kernel,
         "sensors": [vibration_sensor(index), temperature_sensor(index)],
-        "agents": demo_agents(with_model=bool(kernel)),
+        "agents": demo_agents(with_model=bool(kernel), monitor_process=index == 1),
     }
 
 
@@ -91,15 +91,18 @@ def temperature_sensor(index: int) -> dict[str, Any]:
     }
 
 
-def demo_agents(*, with_model: bool) -> list[dict[str, Any]]:
+def demo_agents(*, with_model: bool, monitor_process: bool) -> list[dict[str, Any]]:
     """`vibration-watch` scores every 128-sample window with the anomaly model and raises `anomaly`
-    events (firmware-config/agents/vibration-watch.yaml is the same spec); `system-monitor` reports
-    the box's health as the `system` stream."""
-    monitor = {
+    events; `system-monitor` reports the box's health as the `system` stream, in a child process
+    where `monitor_process` (one such process per device costs about 90 MB). dev-01's are the specs
+    in firmware-config/agents/."""
+    monitor: dict[str, Any] = {
         "name": "system-monitor",
         "agent": "monitor",
+        "isolation": "process" if monitor_process else "inline",
         "restart": "always",
-        "config": {"interval_s": 10},
+        "quotas": {"publish_rate": 1, "memory_mb": 256},
+        "config": {"interval_s": 10, "output": "system", "disk": "/"},
     }
     if not with_model:
         return [monitor]
@@ -112,8 +115,12 @@ def demo_agents(*, with_model: bool) -> list[dict[str, Any]]:
             "model": "vibration-anomaly",
             "window": 128,
             "hop": 128,
+            "features": "raw",
+            "score_index": 1,
             "on": 0.9,
             "off": 0.5,
+            "output": "anomaly-score",
+            "event": "anomaly",
             "deadline_ms": 500,
         },
     }
