@@ -17,6 +17,7 @@ from edgekernel.config.validate import (
     FLEET_FILE,
     FOLDERS,
     YAML_SUFFIXES,
+    AgentCheck,
     ConfigKind,
     FileResult,
     kind_of,
@@ -31,8 +32,9 @@ PathsArgument = Annotated[
     typer.Argument(
         exists=True,
         metavar="PATH",
-        help="Files or folders. A folder that holds fleet.yaml, devices/ or gateways/ is checked "
-        "as a whole, with the cross-file rules (same fleet, unique ids, file named after the id).",
+        help="Files or folders. A folder that holds fleet.yaml, devices/, gateways/ or agents/ is "
+        "checked as a whole, with the cross-file rules (same fleet, unique ids and agent names, file "
+        "named after the id).",
     ),
 ]
 KindOption = Annotated[
@@ -45,8 +47,11 @@ OutOption = Annotated[Path, typer.Option("--out", help="Folder to write the sche
 
 @app.command()
 def validate(paths: PathsArgument, kind: KindOption = None, as_json: JsonOption = False) -> None:
-    """Validate config files; exit 0 when all are valid, 1 when any is not."""
-    results = _unique([result for path in paths for result in _validate_path(path, kind)])
+    """Validate config files; exit 0 when all are valid, 1 when any is not. Agent settings are checked
+    against the agent's Config model where that agent is installed."""
+    from edgekernel.device.agents.registry import settings_problems  # noqa: PLC0415 (only when used)
+
+    results = _unique([result for path in paths for result in _validate_path(path, kind, settings_problems)])
     if as_json:
         typer.echo(json.dumps(_as_json(results), indent=2))
     else:
@@ -57,7 +62,7 @@ def validate(paths: PathsArgument, kind: KindOption = None, as_json: JsonOption 
 
 @app.command()
 def schema(out: OutOption = Path("firmware-config/schema")) -> None:
-    """Write device, gateway and fleet JSON Schemas for editors and other tools."""
+    """Write device, gateway, fleet and agent JSON Schemas for editors and other tools."""
     for path in write_schemas(out):
         typer.echo(str(path))
 
@@ -69,11 +74,11 @@ def _unique(results: list[FileResult]) -> list[FileResult]:
     return list(by_file.values())
 
 
-def _validate_path(path: Path, kind: ConfigKind | None) -> list[FileResult]:
+def _validate_path(path: Path, kind: ConfigKind | None, check: AgentCheck) -> list[FileResult]:
     if path.is_dir() and path.suffix in YAML_SUFFIXES:  # named like a file: refused as one
-        return [validate_file(path, kind or kind_of(path) or ConfigKind.DEVICE)]
+        return [validate_file(path, kind or kind_of(path) or ConfigKind.DEVICE, check)]
     if path.is_dir():
-        return _validate_folder(path, kind)
+        return _validate_folder(path, kind, check)
     chosen = kind or kind_of(path)
     if chosen is None:
         raise typer.BadParameter(
@@ -81,16 +86,16 @@ def _validate_path(path: Path, kind: ConfigKind | None) -> list[FileResult]:
             f"{' or '.join(f'{name}/' for name in FOLDERS)}; pass --kind",
             param_hint="PATH",
         )
-    return [validate_file(path, chosen)]
+    return [validate_file(path, chosen, check)]
 
 
-def _validate_folder(folder: Path, kind: ConfigKind | None) -> list[FileResult]:
+def _validate_folder(folder: Path, kind: ConfigKind | None, check: AgentCheck) -> list[FileResult]:
     folder_kind = kind or FOLDERS.get(folder.name)
     is_tree = (folder / FLEET_FILE).exists() or any((folder / name).is_dir() for name in FOLDERS)
     if is_tree or folder_kind is None:
-        return validate_tree(folder)
+        return validate_tree(folder, check)
     files = sorted(path for path in folder.iterdir() if path.suffix in YAML_SUFFIXES)
-    return [validate_file(file, folder_kind) for file in files]
+    return [validate_file(file, folder_kind, check) for file in files]
 
 
 def _print_report(results: list[FileResult]) -> None:

@@ -35,43 +35,96 @@ GATEWAY = "gw-1"
 
 def device_config(index: int, data_root: Path) -> dict[str, Any]:
     name = f"dev-{index:02d}"
+    kernel = kernel_config()
     return {
         "fleet": FLEET,
         "device": name,
         "data_dir": str(data_root / name),
         "labels": {"site": ("lab", "plant", "yard")[index % 3], "role": "demo"},
         "reported_interval_s": 10,
-        **kernel_config(),
-        "sensors": [
-            {
-                "stream": "vibration",
-                "rate_hz": 50,
-                "unit": "g",
-                "batch": {"max_samples": 25, "max_wait_ms": 500},
-                "sim": {
-                    "kind": "vibration",
-                    "seed": index,
-                    "amplitude": 0.5,
-                    "frequency_hz": 7.0,
-                    "noise": 0.05,
-                    "anomaly_rate": 0.002 if index % 3 == 0 else 0.0,
-                },
-            },
-            {
-                "stream": "temperature",
-                "rate_hz": 1,
-                "unit": "degC",
-                "batch": {"max_samples": 1, "max_wait_ms": 0},
-                "sim": {
-                    "kind": "temperature",
-                    "seed": 1000 + index,
-                    "offset": 21.0 + index,
-                    "amplitude": 4.0,
-                    "noise": 0.1,
-                },
-            },
-        ],
+        **kernel,
+        "sensors": [vibration_sensor(index), temperature_sensor(index)],
+        "agents": demo_agents(with_model=bool(kernel), monitor_process=index == 1),
     }
+
+
+# The vibration model was trained on 128-sample windows of a 1 kHz accelerometer (in g) on a machine
+# whose shaft turns at 20-60 Hz (edgekernel/device/datasets.py), so the sensors sample at 1 kHz and
+# ship 250 samples a message: 4 messages a second a device.
+VIBRATION_RATE_HZ = 1000.0
+
+
+def vibration_sensor(index: int) -> dict[str, Any]:
+    """Odd devices have a faulty machine (faults start now and then); even ones run healthy."""
+    return {
+        "stream": "vibration",
+        "rate_hz": VIBRATION_RATE_HZ,
+        "unit": "g",
+        "batch": {"max_samples": 250, "max_wait_ms": 500},
+        "sim": {
+            "kind": "vibration",
+            "seed": index,
+            "amplitude": (0.8, 1.0, 1.2)[index % 3],
+            "frequency_hz": 25.0 + 5.0 * (index % 5),
+            "noise": 0.05,
+            "anomaly_rate": ANOMALY_RATE if index % 2 == 1 else 0.0,
+        },
+    }
+
+
+ANOMALY_RATE = 2e-5  # per sample: a fault about every 50 s at 1 kHz
+
+
+def temperature_sensor(index: int) -> dict[str, Any]:
+    return {
+        "stream": "temperature",
+        "rate_hz": 1,
+        "unit": "degC",
+        "batch": {"max_samples": 1, "max_wait_ms": 0},
+        "sim": {
+            "kind": "temperature",
+            "seed": 1000 + index,
+            "offset": 21.0 + index,
+            "amplitude": 4.0,
+            "noise": 0.1,
+        },
+    }
+
+
+def demo_agents(*, with_model: bool, monitor_process: bool) -> list[dict[str, Any]]:
+    """`vibration-watch` scores every 128-sample window with the anomaly model and raises `anomaly`
+    events; `system-monitor` reports the box's health as the `system` stream, in a child process
+    where `monitor_process` (one such process per device costs about 90 MB). dev-01's are the specs
+    in firmware-config/agents/."""
+    monitor: dict[str, Any] = {
+        "name": "system-monitor",
+        "agent": "monitor",
+        "isolation": "process" if monitor_process else "inline",
+        "restart": "always",
+        "quotas": {"publish_rate": 1, "memory_mb": 256},
+        "config": {"interval_s": 10, "output": "system", "disk": "/"},
+    }
+    if not with_model:
+        return [monitor]
+    watch = {
+        "name": "vibration-watch",
+        "agent": "pipeline",
+        "quotas": {"max_concurrent_infer": 4, "infer_rate": 50, "publish_rate": 50},
+        "config": {
+            "source": "vibration",
+            "model": "vibration-anomaly",
+            "window": 128,
+            "hop": 128,
+            "features": "raw",
+            "score_index": 1,
+            "on": 0.9,
+            "off": 0.5,
+            "output": "anomaly-score",
+            "event": "anomaly",
+            "deadline_ms": 500,
+        },
+    }
+    return [watch, monitor]
 
 
 def kernel_config() -> dict[str, Any]:
@@ -303,6 +356,8 @@ def _banner(demo: Demo) -> None:
     )
     print_line(f"  broker      {demo.broker.url}  (port [bold]{port}[/])")
     print_line(f"  watch       mosquitto_sub -h 127.0.0.1 -p {port} -t 'ek/v1/#' -v")
+    print_line(f"  anomalies   mosquitto_sub -h 127.0.0.1 -p {port} -t 'ek/v1/{FLEET}/+/events/anomaly' -v")
+    print_line(f"  agents      mosquitto_sub -h 127.0.0.1 -p {port} -t 'ek/v1/{FLEET}/+/events/agent' -v")
     print_line(f"  decoded     edgekernel topics watch 'ek/v1/#' --broker {demo.broker.url}")
     print_line(f"  devices     edgekernel fleet devices --broker {demo.broker.url} --fleet {FLEET}")
     fleet_yaml = demo.config_dir / "fleet.yaml"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from edgekernel.config.agents import AgentSpec
 from edgekernel.config.models import DeviceConfig, FleetConfig, GatewayConfig
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -18,6 +19,7 @@ SCHEMAS: dict[str, tuple[type[BaseModel], str]] = {
     "device.schema.json": (DeviceConfig, "edgekernel device config (devices/*.yaml)"),
     "gateway.schema.json": (GatewayConfig, "edgekernel gateway config (gateways/*.yaml)"),
     "fleet.schema.json": (FleetConfig, "edgekernel fleet config (fleet.yaml)"),
+    "agent.schema.json": (AgentSpec, "edgekernel agent spec (agents/*.yaml)"),
 }
 
 

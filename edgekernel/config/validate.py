@@ -4,20 +4,25 @@
     fleet.yaml        FleetConfig
     devices/*.yaml    DeviceConfig, one device per file, named after the device id
     gateways/*.yaml   GatewayConfig, one gateway per file, named after the gateway id
+    agents/*.yaml     AgentSpec, one agent spec per file, named after the agent's name
     schema/           skipped (generated JSON Schemas)
 
-Every device and gateway must belong to the fleet named in fleet.yaml, and ids are unique.
+Every device and gateway must belong to the fleet named in fleet.yaml, and ids and agent names are
+unique. An agent spec's own `config:` is checked against the agent's Config model only where the
+agent kind is installed (`edgekernel config validate` does that; this package does not load agents).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue
 
+from edgekernel.config.agents import AgentSpec
 from edgekernel.config.errors import ConfigError, ConfigProblem
 from edgekernel.config.files import file_problems
 from edgekernel.config.loader import Located, load_located
@@ -28,18 +33,23 @@ class ConfigKind(StrEnum):
     DEVICE = "device"
     GATEWAY = "gateway"
     FLEET = "fleet"
+    AGENT = "agent"
 
 
 MODELS: dict[ConfigKind, type[BaseModel]] = {
     ConfigKind.DEVICE: DeviceConfig,
     ConfigKind.GATEWAY: GatewayConfig,
     ConfigKind.FLEET: FleetConfig,
+    ConfigKind.AGENT: AgentSpec,
 }
+# (agent kind, its settings) → problems as (key path in the settings, message); the CLI passes one
+# that loads installed agents, which this package does not.
+AgentCheck = Callable[[str, dict[str, JsonValue]], list[tuple[tuple[str | int, ...], str]]]
 FLEET_FILE = "fleet.yaml"
-FOLDERS = {"devices": ConfigKind.DEVICE, "gateways": ConfigKind.GATEWAY}
+FOLDERS = {"devices": ConfigKind.DEVICE, "gateways": ConfigKind.GATEWAY, "agents": ConfigKind.AGENT}
 SKIPPED = "schema"
 YAML_SUFFIXES = (".yaml", ".yml")
-_UNDERSTOOD = f"{FLEET_FILE}, devices/*.yaml and gateways/*.yaml ({SKIPPED}/ is skipped)"
+_UNDERSTOOD = f"{FLEET_FILE}, devices/*.yaml, gateways/*.yaml and agents/*.yaml ({SKIPPED}/ is skipped)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +66,7 @@ class FileResult:
 
 
 def kind_of(file: Path) -> ConfigKind | None:
-    """The kind a file has by its place: ``fleet.yaml``, ``devices/…`` or ``gateways/…``."""
+    """The kind a file has by its place: ``fleet.yaml``, ``devices/…``, ``gateways/…`` or ``agents/…``."""
     if file.name == FLEET_FILE:
         return ConfigKind.FLEET
     if file.suffix not in YAML_SUFFIXES:
@@ -64,21 +74,38 @@ def kind_of(file: Path) -> ConfigKind | None:
     return FOLDERS.get(file.parent.name)
 
 
-def validate_file(file: Path, kind: ConfigKind) -> FileResult:
+def validate_file(file: Path, kind: ConfigKind, agent_check: AgentCheck | None = None) -> FileResult:
     """Validate one file against the model of `kind`, with no cross-file checks."""
     try:
         located = load_located(file, MODELS[kind])
     except ConfigError as err:
         return FileResult(file, kind, err)
-    problems = file_problems(located)
+    problems = file_problems(located) + agent_problems(located, agent_check)
     return FileResult(file, kind, ConfigError(problems) if problems else None)
 
 
-def validate_tree(root: Path) -> list[FileResult]:
+def agent_problems(located: Located[BaseModel], agent_check: AgentCheck | None) -> list[ConfigProblem]:
+    """Agent settings (an agent spec's, or each of a device's `agents:`) that their agent refuses."""
+    config = located.config
+    specs: list[tuple[tuple[str | int, ...], AgentSpec]] = []
+    if isinstance(config, AgentSpec):
+        specs.append(((), config))
+    elif isinstance(config, DeviceConfig):
+        specs.extend((("agents", index), spec) for index, spec in enumerate(config.agents))
+    if agent_check is None:
+        return []
+    return [
+        located.problem((*where, "config", *loc), f"agent {spec.agent!r}: {message}")
+        for where, spec in specs
+        for loc, message in agent_check(spec.agent, spec.config)
+    ]
+
+
+def validate_tree(root: Path, agent_check: AgentCheck | None = None) -> list[FileResult]:
     """Validate every YAML file under `root` and the rules that tie them together."""
     if not root.is_dir():
         return [FileResult(root, None, ConfigError([ConfigProblem(root, None, None, "", "not a folder")]))]
-    checker = _TreeCheck(root)
+    checker = _TreeCheck(root, agent_check)
     for file in _yaml_files(root):
         checker.add(file)
     return checker.results()
@@ -98,18 +125,21 @@ def _yaml_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def _identity(config: BaseModel) -> tuple[str, str, str] | None:
-    """(id key, id, fleet) of a device or gateway config."""
+def _identity(config: BaseModel) -> tuple[str, str, str, str | None] | None:
+    """(id key, what it names, id, fleet) of a device or gateway config or an agent spec (no fleet)."""
     if isinstance(config, DeviceConfig):
-        return "device", config.device, config.fleet
+        return "device", "device id", config.device, config.fleet
     if isinstance(config, GatewayConfig):
-        return "gateway", config.gateway, config.fleet
+        return "gateway", "gateway id", config.gateway, config.fleet
+    if isinstance(config, AgentSpec):
+        return "name", "agent name", config.name, None
     return None
 
 
 class _TreeCheck:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, agent_check: AgentCheck | None) -> None:
         self._root = root
+        self._agent_check = agent_check
         self._order: list[tuple[Path, ConfigKind | None]] = []
         self._problems: dict[Path, list[ConfigProblem]] = {}
         self._members: list[Located[BaseModel]] = []
@@ -129,6 +159,7 @@ class _TreeCheck:
             problems.extend(err.problems)
             return
         problems.extend(file_problems(located))
+        problems.extend(agent_problems(located, self._agent_check))
         if kind is ConfigKind.FLEET:
             self._fleet = located
         else:
@@ -162,20 +193,20 @@ class _TreeCheck:
             identity = _identity(member.config)
             if identity is None:
                 continue
-            key, ident, member_fleet = identity
+            key, noun, ident, member_fleet = identity
             problems = self._problems[member.file]
-            if isinstance(fleet, FleetConfig) and member_fleet != fleet.fleet:
+            if isinstance(fleet, FleetConfig) and member_fleet not in (None, fleet.fleet):
                 message = f"fleet {member_fleet!r} is not {fleet.fleet!r} named in {FLEET_FILE}"
                 problems.append(member.problem(("fleet",), message))
             if member.file.stem != ident:
-                message = f"the file is named {member.file.name} but holds {key} {ident!r}; "
+                message = f"the file is named {member.file.name} but holds {noun.split()[0]} {ident!r}; "
                 problems.append(member.problem((key,), f"{message}name it {ident}.yaml"))
             if (key, ident) in owners:
-                message = f"{key} id {ident!r} is already used by {owners[key, ident]}"
+                message = f"{noun} {ident!r} is already used by {owners[key, ident]}"
                 problems.append(member.problem((key,), message))
             owners.setdefault((key, ident), member.file)
 
 
 def _rank(kind: ConfigKind | None) -> int:
-    order = [ConfigKind.FLEET, ConfigKind.DEVICE, ConfigKind.GATEWAY, None]
+    order = [ConfigKind.FLEET, ConfigKind.DEVICE, ConfigKind.GATEWAY, ConfigKind.AGENT, None]
     return order.index(kind)

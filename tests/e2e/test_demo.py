@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -35,6 +36,28 @@ def stored_samples(store: Path) -> dict[str, int]:
         return {s.device: s.samples for s in read_summary(store)}
     except StoreError:
         return {}
+
+
+def agent_states(url: str) -> dict[str, dict[str, str]]:
+    """Per device, its agents' states as it last reported them."""
+    registry = asyncio.run(snapshot(BrokerConfig(url=url), "demo", settle_s=2.0, timeout=DEADLINE_S))
+    return {
+        name: {agent.name: agent.state for agent in view.reported.agents}
+        for name, view in registry.devices.items()
+        if view.reported is not None
+    }
+
+
+def stored_events(store: Path) -> list[tuple[str, str, dict[str, object]]]:
+    """(device, type, body) of every event the gateway has stored."""
+    if not store.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10) as db:
+            rows = db.execute("SELECT device, type, body FROM events ORDER BY message").fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return []
+    return [(device, kind, json.loads(body)) for device, kind, body in rows]
 
 
 def test_demo_with_three_devices(tmp_path: Path) -> None:
@@ -74,6 +97,31 @@ def test_demo_with_three_devices(tmp_path: Path) -> None:
             "all online",
             seen=lambda: fleet_status(url),
         )
+        running = {"vibration-watch": "running", "system-monitor": "running"}
+        wait_until(
+            lambda: agent_states(url) == dict.fromkeys(devices, running),
+            "every device reporting its agents running",
+            seen=lambda: agent_states(url),
+        )
+        wait_until(
+            lambda: {d for d, kind, _ in stored_events(store) if kind == "agent"} == set(devices),
+            "agent state events stored from every device",
+            seen=lambda: stored_events(store),
+        )
+        # dev-01 and dev-03 have faulty machines: a fault starts about every 50 s on each
+        raised = wait_until(
+            lambda: [
+                (device, body)
+                for device, kind, body in stored_events(store)
+                if kind == "anomaly" and device in ("dev-01", "dev-03")
+            ],
+            "an anomaly event stored",
+            timeout=300,
+            seen=lambda: stored_events(store),
+        )
+        _device, body = raised[0]
+        assert body["agent"] == "vibration-watch", body
+        assert body["data"]["state"] == "raised", body
 
         os.kill(run["pids"]["dev-02"], signal.SIGKILL)
         wait_until(

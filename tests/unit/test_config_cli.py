@@ -11,6 +11,7 @@ from typer.testing import CliRunner, Result
 
 from edgekernel.cli.config_cmd import app
 from edgekernel.config import DeviceConfig, FleetConfig, GatewayConfig, write_schemas
+from edgekernel.config.agents import AgentSpec
 from edgekernel.config.schema import JSON_SCHEMA_DIALECT, SCHEMAS, schema_text
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "firmware-config"
@@ -34,10 +35,10 @@ def tree(tmp_path: Path) -> Path:
 def test_example_fleet_validates() -> None:
     result = run("validate", EXAMPLE)
     assert result.exit_code == 0, result.output
-    assert result.stdout.count(" OK ") == 5
+    assert result.stdout.count(" OK ") == 7
     assert "FAIL" not in result.stdout
     assert "dev-01.yaml" in result.stdout
-    assert result.stdout.rstrip().endswith("5 files: 5 valid, 0 invalid")
+    assert result.stdout.rstrip().endswith("7 files: 7 valid, 0 invalid")
 
 
 def test_invalid_file_in_a_tree_fails_with_file_line_path_message(tree: Path) -> None:
@@ -47,7 +48,7 @@ def test_invalid_file_in_a_tree_fails_with_file_line_path_message(tree: Path) ->
     assert result.exit_code == 1
     assert "FAIL" in result.stdout
     assert f"{bad}:4: encoding: Input should be 'json' or 'cbor' (got 'xml')" in result.stdout.splitlines()
-    assert result.stdout.rstrip().endswith("6 files: 5 valid, 1 invalid")
+    assert result.stdout.rstrip().endswith("8 files: 7 valid, 1 invalid")
 
 
 def test_cross_file_problem_fails_the_tree(tree: Path) -> None:
@@ -114,7 +115,7 @@ def test_devices_folder_validates_each_file_as_a_device(tree: Path) -> None:
 def test_same_file_twice_is_reported_once(tree: Path) -> None:
     result = run("validate", tree, tree / "devices" / "dev-01.yaml")
     assert result.exit_code == 0
-    assert "5 files: 5 valid, 0 invalid" in result.stdout
+    assert "7 files: 7 valid, 0 invalid" in result.stdout
 
 
 def test_markup_in_problems_is_printed_verbatim(tmp_path: Path) -> None:
@@ -164,7 +165,7 @@ def test_schema_command_writes_and_prints_the_paths(tmp_path: Path) -> None:
     out = tmp_path / "nested" / "schema"
     result = run("schema", "--out", out)
     assert result.exit_code == 0, result.output
-    names = ["device.schema.json", "gateway.schema.json", "fleet.schema.json"]
+    names = ["device.schema.json", "gateway.schema.json", "fleet.schema.json", "agent.schema.json"]
     assert result.stdout.splitlines() == [str(out / name) for name in names]
     for name in names:
         schema = json.loads((out / name).read_text(encoding="utf-8"))
@@ -177,6 +178,7 @@ def test_schema_command_defaults_to_firmware_config(tmp_path: Path, monkeypatch:
     monkeypatch.chdir(tmp_path)
     assert run("schema").exit_code == 0
     assert sorted(path.name for path in (tmp_path / "firmware-config" / "schema").iterdir()) == [
+        "agent.schema.json",
         "device.schema.json",
         "fleet.schema.json",
         "gateway.schema.json",
@@ -201,6 +203,7 @@ def test_schemas_describe_each_model() -> None:
         "device.schema.json": DeviceConfig,
         "gateway.schema.json": GatewayConfig,
         "fleet.schema.json": FleetConfig,
+        "agent.schema.json": AgentSpec,
     }
     device = json.loads(schema_text(DeviceConfig, "t"))
     assert set(device["required"]) == {"fleet", "device", "data_dir"}
@@ -218,3 +221,18 @@ def test_committed_schemas_are_up_to_date(name: str) -> None:
     model, title = SCHEMAS[name]
     committed = (EXAMPLE / "schema" / name).read_text(encoding="utf-8")
     assert committed == schema_text(model, title), "run `edgekernel config schema` and commit the result"
+
+
+def test_agent_settings_are_checked_against_the_installed_agent(tree: Path) -> None:
+    spec = tree / "agents" / "vibration-watch.yaml"
+    spec.write_text(spec.read_text(encoding="utf-8").replace("  hop: 128", "  hop: 256"), "utf-8")
+    result = run("validate", spec)
+    assert result.exit_code == 1
+    assert "config: agent 'pipeline': Value error, hop must be at most window" in result.stdout
+
+
+def test_settings_of_an_agent_not_installed_here_are_not_judged(tree: Path) -> None:
+    spec = tree / "agents" / "vibration-watch.yaml"
+    text = spec.read_text(encoding="utf-8").replace("agent: pipeline", "agent: acme.detector")
+    spec.write_text(text, "utf-8")
+    assert run("validate", spec).exit_code == 0

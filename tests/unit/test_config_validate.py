@@ -48,6 +48,8 @@ def test_the_example_fleet_is_valid() -> None:
         ("devices/dev-02.yaml", ConfigKind.DEVICE, True),
         ("devices/dev-03.yaml", ConfigKind.DEVICE, True),
         ("gateways/gw-1.yaml", ConfigKind.GATEWAY, True),
+        ("agents/system-monitor.yaml", ConfigKind.AGENT, True),
+        ("agents/vibration-watch.yaml", ConfigKind.AGENT, True),
     ]
 
 
@@ -133,7 +135,7 @@ def test_invalid_fleet_file_fails_alone(tree: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "relative", ["agents/detector.yaml", "devices/extra/dev-09.yaml", "device.yaml", "fleet.yml"]
+    "relative", ["models/detector.yaml", "devices/extra/dev-09.yaml", "device.yaml", "fleet.yml"]
 )
 def test_unknown_yaml_files_are_named(tree: Path, relative: str) -> None:
     stray = tree / relative
@@ -143,7 +145,7 @@ def test_unknown_yaml_files_are_named(tree: Path, relative: str) -> None:
     assert result.kind is None
     [problem] = problems(result)
     assert problem.line is None
-    assert "fleet.yaml, devices/*.yaml and gateways/*.yaml" in problem.message
+    assert "fleet.yaml, devices/*.yaml, gateways/*.yaml and agents/*.yaml" in problem.message
 
 
 def test_unknown_files_come_last(tree: Path) -> None:
@@ -158,7 +160,7 @@ def test_schema_hidden_and_other_files_are_skipped(tree: Path) -> None:
     (tree / "README.md").write_text("# fleet\n", encoding="utf-8")
     (tree / "devices" / "notes.txt").write_text("hi\n", encoding="utf-8")
     results = validate_tree(tree)
-    assert len(results) == 5
+    assert len(results) == 7
     assert all(result.ok for result in results)
 
 
@@ -198,3 +200,58 @@ def test_validate_file_checks_one_file_against_its_kind() -> None:
     assert validate_file(EXAMPLE / "devices" / "dev-01.yaml", ConfigKind.DEVICE).ok
     wrong = validate_file(EXAMPLE / "devices" / "dev-01.yaml", ConfigKind.GATEWAY)
     assert {problem.path for problem in problems(wrong)} >= {"device", "gateway", "store"}
+
+
+# --- agent specs (agents/*.yaml) ----------------------------------------------------------------
+
+
+def test_agent_spec_must_be_named_after_its_agent(tree: Path) -> None:
+    spec = tree / "agents" / "watcher.yaml"
+    (tree / "agents" / "vibration-watch.yaml").rename(spec)
+    [problem] = problems(by_name(validate_tree(tree))["watcher.yaml"])
+    assert (problem.line, problem.path) == (line_of(spec, "name:"), "name")
+    assert problem.message == (
+        "the file is named watcher.yaml but holds agent 'vibration-watch'; name it vibration-watch.yaml"
+    )
+
+
+def test_agent_names_are_unique_across_specs(tree: Path) -> None:
+    copy = tree / "agents" / "vibration-watch.yml"
+    shutil.copy(tree / "agents" / "vibration-watch.yaml", copy)
+    found = problems(by_name(validate_tree(tree))["vibration-watch.yml"])
+    assert [problem.message for problem in found] == [
+        f"agent name 'vibration-watch' is already used by {tree / 'agents' / 'vibration-watch.yaml'}"
+    ]
+
+
+def test_agent_spec_fields_are_checked_at_their_line(tree: Path) -> None:
+    spec = tree / "agents" / "system-monitor.yaml"
+    replace(spec, "isolation: process", "isolation: thread")
+    [problem] = problems(by_name(validate_tree(tree))["system-monitor.yaml"])
+    assert (problem.line, problem.path) == (line_of(spec, "isolation:"), "isolation")
+    assert "'inline' or 'process'" in problem.message
+
+
+def checker(kind: str, settings: dict[str, object]) -> list[tuple[tuple[str | int, ...], str]]:
+    return [((key,), f"{kind} has no {key}") for key in settings if key.startswith("x")]
+
+
+def test_agent_settings_go_through_the_given_check(tree: Path) -> None:
+    spec = tree / "agents" / "vibration-watch.yaml"
+    replace(spec, "  window: 128", "  xwindow: 128")
+    assert by_name(validate_tree(tree))["vibration-watch.yaml"].ok  # without a check: any settings
+    [problem] = problems(by_name(validate_tree(tree, checker))["vibration-watch.yaml"])
+    assert (problem.line, problem.path) == (line_of(spec, "  xwindow:"), "config.xwindow")
+    assert problem.message == "agent 'pipeline': pipeline has no xwindow"
+
+
+def test_device_agents_settings_go_through_the_check_too(tree: Path) -> None:
+    device = tree / "devices" / "dev-03.yaml"
+    device.write_text(
+        device.read_text(encoding="utf-8")
+        + "agents:\n  - name: mon\n    agent: monitor\n    config: {xinterval: 3}\n",
+        encoding="utf-8",
+    )
+    [problem] = problems(validate_file(device, ConfigKind.DEVICE, checker))
+    assert problem.path == "agents.0.config.xinterval"
+    assert problem.message == "agent 'monitor': monitor has no xinterval"

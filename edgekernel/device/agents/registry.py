@@ -58,3 +58,21 @@ def configure(cls: type[Any], name: str, settings: dict[str, JsonValue]) -> Any:
             f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in err.errors()[:10]
         )
         raise AgentConfigError(name, f"agent {name!r}: config: {problems}") from err
+
+
+def settings_problems(kind: str, settings: dict[str, JsonValue]) -> list[tuple[tuple[str | int, ...], str]]:
+    """What is wrong with `settings` for an agent of `kind`, each as (key path in the settings, message);
+    nothing when `kind` is not installed here (a spec may be meant for another box)."""
+    if not any(ep.name == kind for ep in entry_points(group=GROUP)):
+        return []
+    try:
+        model = getattr(agent_class(kind), "Config", None)
+    except AgentError as err:
+        return [((), str(err))]
+    if not (inspect.isclass(model) and issubclass(model, BaseModel)):
+        return []
+    try:
+        model.model_validate(settings)
+    except ValidationError as err:
+        return [(tuple(e["loc"]), e["msg"]) for e in err.errors()[:10]]
+    return []
