@@ -28,10 +28,10 @@ from common import finish, table
 from edgekernel.cli.demo import device_config
 from edgekernel.config.models import SensorConfig
 from edgekernel.device.agents.builtin.pipeline import PipelineConfig, features
-from edgekernel.device.datasets import split
 from edgekernel.device.drivers.sim import SimSource
 from edgekernel.device.models import runtime_for
 from edgekernel.device.models.runtime import Session
+from tools.datasets import split
 
 CHUNK_S = 60.0
 STEP = 64  # samples taken at a time: a fault's start is known to within this many

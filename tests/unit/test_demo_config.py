@@ -10,7 +10,7 @@ from edgekernel.cli.demo import VIBRATION_RATE_HZ, device_config
 from edgekernel.config import DeviceConfig, load
 from edgekernel.config.agents import AgentSpec
 from edgekernel.device.agents.registry import settings_problems
-from edgekernel.device.datasets import DATASETS
+from tools.datasets import DATASETS
 
 AGENTS = Path(__file__).resolve().parents[2] / "firmware-config" / "agents"
 
