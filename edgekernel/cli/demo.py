@@ -49,30 +49,35 @@ def device_config(index: int, data_root: Path) -> dict[str, Any]:
 
 
 # The vibration model was trained on 128-sample windows of a 1 kHz accelerometer (in g) on a machine
-# whose shaft turns at 20-60 Hz (edgekernel/device/datasets.py), so the sensors sample at 1 kHz and
-# ship 250 samples a message: 4 messages a second a device.
+# whose shaft turns at 20-60 Hz (tools/datasets.py), so the sensors sample at 1 kHz. The raw samples
+# stay on the device (`publish: false`): vibration-watch turns them into 8 scores a second, and only
+# those and its events go to the broker (five devices' raw streams would cost the gateway 2 GB an hour).
 VIBRATION_RATE_HZ = 1000.0
 
 
 def vibration_sensor(index: int) -> dict[str, Any]:
-    """Odd devices have a faulty machine (faults start now and then); even ones run healthy."""
+    """Odd devices watch a faulty machine: a fault of one kind (bearing, misalignment, rubbing) starts
+    now and then and lasts half a second. Even ones watch a healthy machine."""
+    faulty = index % 2 == 1
     return {
         "stream": "vibration",
         "rate_hz": VIBRATION_RATE_HZ,
         "unit": "g",
-        "batch": {"max_samples": 250, "max_wait_ms": 500},
+        "publish": False,
         "sim": {
             "kind": "vibration",
             "seed": index,
             "amplitude": (0.8, 1.0, 1.2)[index % 3],
             "frequency_hz": 25.0 + 5.0 * (index % 5),
             "noise": 0.05,
-            "anomaly_rate": ANOMALY_RATE if index % 2 == 1 else 0.0,
+            "anomaly_rate": ANOMALY_RATE if faulty else 0.0,
+            "anomaly_kind": FAULTS[(index // 2) % len(FAULTS)],
         },
     }
 
 
 ANOMALY_RATE = 2e-5  # per sample: a fault about every 50 s at 1 kHz
+FAULTS = ("bearing", "misalignment", "burst")  # dev-01, dev-03, dev-05, dev-07…
 
 
 def temperature_sensor(index: int) -> dict[str, Any]:
@@ -217,6 +222,9 @@ class Demo:
         self.device_coap_port = free_port()
         # the first device also serves CoAP; the last of two or more talks to the gateway over CoAP only
         self.coap_only = self.device_names[-1] if devices >= 2 else None
+        # a fault injected into a healthy machine (an even device on MQTT: commands come that way)
+        healthy = [name for name in self.device_names[1::2] if name != self.coap_only]
+        self.inject_target = healthy[0] if healthy else self.device_names[0]
 
     def write_key(self) -> None:
         """The fleet's signing key (kept from an earlier run in the same workdir): the devices trust
@@ -364,6 +372,10 @@ def _banner(demo: Demo) -> None:
     first = demo.device_names[0]
     print_line(f"  call        edgekernel fleet call {first} ping --config {fleet_yaml}")
     print_line(f"  stats       edgekernel device stats {first} --config {fleet_yaml}")
+    print_line(
+        f"  inject      edgekernel fleet call {demo.inject_target} inject-anomaly stream=vibration "
+        f"kind=misalignment duration_s=2 --config {fleet_yaml}"
+    )
     coap = f"coap://127.0.0.1:{demo.device_coap_port}"
     print_line(f"  coap        aiocoap-client {coap}/.well-known/core  ({demo.device_names[0]})")
     if demo.coap_only is not None:

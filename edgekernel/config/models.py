@@ -224,6 +224,11 @@ class SensorConfig(Model):
     )
     unit: Annotated[str, Field(max_length=32)] | None = None
     best_effort: bool = Field(False, description="publish at QoS 0 outside the outbox")
+    publish: bool = Field(
+        True,
+        description="false: the samples stay on the device, for its agents (the local bus) only; nothing "
+        "goes to …/telemetry (raw high-rate data an agent turns into scores and events)",
+    )
     batch: BatchConfig = BatchConfig()
     sim: SimSignal | None = Field(None, description="the sim driver's settings (driver sim only)")
     config: Annotated[dict[str, JsonValue], Field(max_length=256)] = Field(

@@ -60,6 +60,12 @@ def stored_events(store: Path) -> list[tuple[str, str, dict[str, object]]]:
     return [(device, kind, json.loads(body)) for device, kind, body in rows]
 
 
+def printed_line(lines: list[str], label: str) -> list[str]:
+    """The command the demo printed after `label`, as argv."""
+    found = [line.split(None, 1)[1] for line in list(lines) if line.split(None, 1)[:1] == [label]]
+    return shlex.split(found[0]) if found else []
+
+
 def test_demo_with_three_devices(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     proc = subprocess.Popen(
@@ -79,6 +85,11 @@ def test_demo_with_three_devices(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    watcher: subprocess.Popen[str] | None = None
     try:
         run = wait_until(
             lambda: (workdir / "run.json").exists() and json.loads((workdir / "run.json").read_text()),
@@ -108,20 +119,47 @@ def test_demo_with_three_devices(tmp_path: Path) -> None:
             "agent state events stored from every device",
             seen=lambda: stored_events(store),
         )
-        # dev-01 and dev-03 have faulty machines: a fault starts about every 50 s on each
+
+        # the printed `anomalies` line shows the anomaly the printed `inject` line causes on the
+        # healthy dev-02 (its machine raises nothing of itself)
+        anomalies = wait_until(lambda: printed_line(lines, "anomalies"), "the printed anomalies line")
+        inject = wait_until(lambda: printed_line(lines, "inject"), "the printed inject line")
+        assert inject[:4] == ["edgekernel", "fleet", "call", "dev-02"], inject
+        assert anomalies[0] == "mosquitto_sub", anomalies
+        watcher = subprocess.Popen(
+            [*anomalies, "-C", "1", "-W", "300"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+        def inject_and_look() -> bool:
+            done = subprocess.run(
+                [sys.executable, "-m", "edgekernel", *inject[1:], "--json", "--timeout", "30"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert json.loads(done.stdout)["result"]["kind"] == "misalignment", done.stdout
+            try:
+                watcher.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                return False  # injected again: the first may have come before mosquitto_sub subscribed
+            return True
+
+        wait_until(inject_and_look, "the anomalies line showing an injected anomaly", timeout=300)
+        seen, _ = watcher.communicate(timeout=60)
+        topic, payload = seen.strip().split(" ", 1)
+        assert topic == "ek/v1/demo/dev-02/events/anomaly", seen
+        body = json.loads(payload)["body"]
+        assert (body["agent"], body["data"]["state"]) == ("vibration-watch", "raised"), body
         raised = wait_until(
             lambda: [
-                (device, body)
-                for device, kind, body in stored_events(store)
-                if kind == "anomaly" and device in ("dev-01", "dev-03")
+                body for device, kind, body in stored_events(store) if (device, kind) == ("dev-02", "anomaly")
             ],
-            "an anomaly event stored",
-            timeout=300,
+            "the anomaly stored by the gateway",
             seen=lambda: stored_events(store),
         )
-        _device, body = raised[0]
-        assert body["agent"] == "vibration-watch", body
-        assert body["data"]["state"] == "raised", body
+        assert raised[0]["data"]["state"] == "raised", raised
 
         os.kill(run["pids"]["dev-02"], signal.SIGKILL)
         wait_until(
@@ -140,16 +178,23 @@ def test_demo_with_three_devices(tmp_path: Path) -> None:
             seen=lambda: (before, stored_samples(store)),
         )
     finally:
+        if watcher is not None and watcher.poll() is None:
+            watcher.kill()
+            watcher.communicate()
         proc.send_signal(signal.SIGINT)
         try:
-            output, _ = proc.communicate(timeout=120)
+            proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             proc.kill()
-            output, _ = proc.communicate()
+            proc.wait()
             logs = "\n".join(
                 f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (workdir / "logs").glob("*.log")
             )
-            pytest.fail(f"the demo did not stop within 120 s of SIGINT:\n{output}\n{logs}")
+            pytest.fail(f"the demo did not stop within 120 s of SIGINT:\n{''.join(lines)}\n{logs}")
+        finally:
+            reader.join(timeout=10)
+            proc.stdout.close()
+    output = "".join(lines)
     assert proc.returncode == 0, output
     assert f"mosquitto_sub -h 127.0.0.1 -p {run['broker_port']} -t 'ek/v1/#' -v" in output
 
@@ -168,8 +213,7 @@ def test_demo_prints_fleet_call_and_device_stats_lines_that_work(tmp_path: Path)
     reader.start()
 
     def printed(label: str) -> list[str]:
-        found = [line.split(None, 1)[1] for line in list(lines) if line.split(None, 1)[:1] == [label]]
-        return shlex.split(found[0]) if found else []
+        return printed_line(lines, label)
 
     def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
         assert argv[0] == "edgekernel", argv

@@ -157,7 +157,7 @@ def test_unknown_key_lists_the_allowed_keys_and_a_close_match(tmp_path: Path) ->
     problem = only_problem(path)
     assert (problem.line, problem.column, problem.path) == (6, 5, "sensors.0.rate")
     assert problem.message.startswith("unknown key 'rate' (did you mean 'rate_hz'?)")
-    assert "allowed keys: stream, driver, rate_hz, unit, best_effort, batch, sim" in problem.message
+    assert "allowed keys: stream, driver, rate_hz, unit, best_effort, publish, batch, sim" in problem.message
 
 
 def test_unknown_top_level_key_lists_the_model_keys(tmp_path: Path) -> None:

@@ -56,6 +56,21 @@ def test_stream_packs_batches_by_size_and_age() -> None:
     assert [len(b.samples) for b in sent] == [10, 10, 6]
 
 
+def test_an_unpublished_stream_feeds_its_tap_and_sends_nothing() -> None:
+    sent: list[TelemetryBody] = []
+    tapped: list[tuple[str, int]] = []
+
+    async def emit(config: SensorConfig, body: TelemetryBody) -> None:
+        sent.append(body)
+
+    config = SensorConfig(stream="vib", rate_hz=100, publish=False, batch=BatchConfig(max_samples=10))
+    stream = SensorStream(config, emit, tap=lambda name, samples: tapped.append((name, len(samples))), t0=0.0)
+    asyncio.run(stream.poll(0.255))
+    asyncio.run(stream.flush())
+    assert tapped == [("vib", 26)]
+    assert sent == []
+
+
 def test_every_fault_kind_starts_at_random_and_looks_like_a_fault() -> None:
     healthy = SimSource(SimSignal(kind="vibration", seed=3, frequency_hz=30, noise=0.0), rate_hz=1000, t0=0.0)
     base = np.array([v for _, v in healthy.take(5000)])
