@@ -20,15 +20,19 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-import numpy as np
 from pydantic import BaseModel, JsonValue
 
 from edgekernel.device.agents.bus import Subscription
 from edgekernel.protocol import Sample
 
-FloatArray = np.ndarray[Any, np.dtype[np.float32]]
+if TYPE_CHECKING:
+    import numpy as np
+
+    FloatArray: TypeAlias = np.ndarray[Any, np.dtype[np.float32]]
+else:  # NumPy loads when an agent first infers: checking an agent's settings needs none of it
+    FloatArray = Any
 Value = float | Mapping[str, float]
 
 
@@ -113,6 +117,8 @@ class Context:
     ) -> list[FloatArray]:
         """Run `model` through the kernel's scheduler; one array per model input (with its batch
         dimension, if the model has one), float32 outputs."""
+        import numpy as np  # noqa: PLC0415 (see FloatArray)
+
         arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
         deadline_s = None if deadline_ms is None else deadline_ms / 1000.0
         return await self._calls.infer(

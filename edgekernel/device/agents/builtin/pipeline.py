@@ -10,14 +10,16 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgekernel.config.base import Id
 from edgekernel.device.agents.context import Agent, Context
 from edgekernel.errors import EdgeKernelError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class PipelineConfig(BaseModel):
@@ -53,6 +55,8 @@ class PipelineConfig(BaseModel):
 
 def features(window: np.ndarray, config: PipelineConfig) -> np.ndarray:
     """The model's input for one window: [1, n, 1] float32."""
+    import numpy as np  # noqa: PLC0415 (checking the settings of a pipeline needs no NumPy)
+
     values = (window - config.offset) * config.scale
     if config.features == "fft":
         values = np.abs(np.fft.rfft(values)) / len(values)
@@ -63,6 +67,8 @@ class Pipeline(Agent):
     Config = PipelineConfig
 
     async def run(self, ctx: Context) -> None:
+        import numpy as np  # noqa: PLC0415 (checking the settings of a pipeline needs no NumPy)
+
         config: PipelineConfig = ctx.config
         values: deque[float] = deque(maxlen=config.window)
         times: deque[float] = deque(maxlen=config.window)
