@@ -30,9 +30,9 @@ from edgekernel.protocol import Sample
 if TYPE_CHECKING:
     import numpy as np
 
-# NumPy loads with the first `infer`: an agent's Config (checked by `edgekernel config validate`)
-# comes with its module, and that must not cost the command NumPy's import.
-FloatArray: TypeAlias = "np.ndarray[Any, np.dtype[np.float32]]"
+    FloatArray: TypeAlias = np.ndarray[Any, np.dtype[np.float32]]
+else:  # NumPy loads when an agent first infers: checking an agent's settings needs none of it
+    FloatArray = Any
 Value = float | Mapping[str, float]
 
 

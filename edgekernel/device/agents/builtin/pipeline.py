@@ -55,7 +55,7 @@ class PipelineConfig(BaseModel):
 
 def features(window: np.ndarray, config: PipelineConfig) -> np.ndarray:
     """The model's input for one window: [1, n, 1] float32."""
-    import numpy as np  # noqa: PLC0415 (loaded when windows flow, not with the Config)
+    import numpy as np  # noqa: PLC0415 (checking the settings of a pipeline needs no NumPy)
 
     values = (window - config.offset) * config.scale
     if config.features == "fft":
@@ -67,7 +67,7 @@ class Pipeline(Agent):
     Config = PipelineConfig
 
     async def run(self, ctx: Context) -> None:
-        import numpy as np  # noqa: PLC0415 (see features)
+        import numpy as np  # noqa: PLC0415 (checking the settings of a pipeline needs no NumPy)
 
         config: PipelineConfig = ctx.config
         values: deque[float] = deque(maxlen=config.window)
