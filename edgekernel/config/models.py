@@ -292,22 +292,22 @@ class DeviceConfig(Model):
     @field_validator("agents")
     @classmethod
     def _unique_agents(cls, agents: list[AgentSpec]) -> list[AgentSpec]:
-        seen: set[str] = set()
-        for agent in agents:
-            if agent.name in seen:
-                raise ValueError(f"agent {agent.name!r} is configured twice")
-            seen.add(agent.name)
+        _refuse_twice("agent", [agent.name for agent in agents])
         return agents
 
     @field_validator("sensors")
     @classmethod
     def _unique_streams(cls, sensors: list[SensorConfig]) -> list[SensorConfig]:
-        seen: set[str] = set()
-        for sensor in sensors:
-            if sensor.stream in seen:
-                raise ValueError(f"stream {sensor.stream!r} is configured twice")
-            seen.add(sensor.stream)
+        _refuse_twice("stream", [sensor.stream for sensor in sensors])
         return sensors
+
+
+def _refuse_twice(what: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{what} {name!r} is configured twice")
+        seen.add(name)
 
 
 class StoreConfig(Model):
