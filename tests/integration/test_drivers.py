@@ -338,3 +338,46 @@ def test_the_plant_answers_its_fan_in_a_running_device(broker: Mosquitto, tmp_pa
         await task
 
     asyncio.run(scenario())
+
+
+def test_the_pid_agent_holds_the_plant_at_its_setpoint(broker: Mosquitto, tmp_path: Path) -> None:
+    plant = SensorConfig.model_validate(
+        {
+            "stream": "cabinet",
+            "rate_hz": 50,
+            "batch": QUICK.model_dump(),
+            "sim": {"kind": "plant", "noise": 0, "plant": {"ambient_c": 20, "time_constant_s": 0.5}},
+        }
+    )
+    cooling = {
+        "name": "cooling",
+        "agent": "pid",
+        "config": {
+            "source": "cabinet",
+            "setpoint": 40,
+            "kp": 0.05,
+            "ki": 0.2,
+            "direction": "reverse",
+            "output_min": 0,
+            "output_max": 1,
+            "actuate": "cabinet",
+        },
+    }
+
+    async def scenario() -> None:
+        kernel = Kernel(config(broker, tmp_path, "dev-1", [plant], agents=[cooling]))
+        stop = asyncio.Event()
+        task = asyncio.create_task(kernel.run(stop))
+        async with Collector(broker.url, f"ek/v1/{FLEET}/dev-1/telemetry/#") as seen:
+
+            def settled() -> bool:
+                last = values(seen, "dev-1", "cabinet")[-50:]
+                return len(last) == 50 and all(abs(v - 40.0) < 1.0 for v in last)
+
+            await seen.wait_for(lambda _: settled(), what="the cabinet held at 40 °C", timeout=3 * DEADLINE_S)
+            assert values(seen, "dev-1", "cabinet")[0] > 55.0  # it started hot, fan off
+            assert 0.0 < values(seen, "dev-1", "pid-output")[-1] < 1.0
+        stop.set()
+        await task
+
+    asyncio.run(scenario())

@@ -44,6 +44,11 @@ class PidConfig(BaseModel):
     output_max: Level = 100.0
     output: Id = Field("pid-output", description="the stream the command goes to")
     error_stream: Id = Field("pid-error", description="the stream the error (setpoint - measurement) goes to")
+    actuate: Id | None = Field(
+        None,
+        description="a sensor stream whose input the command drives through ctx.actuate (the sim plant's "
+        "fan: output_max 1); unset, the command is only published",
+    )
 
     @model_validator(mode="after")
     def _limits(self) -> PidConfig:
@@ -116,5 +121,7 @@ class PidAgent(Agent):
             dt = 0.0 if last_ts is None else sample.ts - last_ts
             last_ts = sample.ts
             command = pid.step(sample.value, dt)
+            if config.actuate is not None:
+                await ctx.actuate(config.actuate, command)
             await ctx.publish(config.output, command, ts=sample.ts)
             await ctx.publish(config.error_stream, pid.error(sample.value), ts=sample.ts)
