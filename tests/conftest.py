@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edgekernel.lifeline import PARENT_ENV
 from edgekernel.link import BrokerError, Mosquitto, find_mosquitto
+
+
+@pytest.fixture(autouse=True, scope="session")
+def programs_die_with_the_tests() -> Iterator[None]:
+    """Every `python -m edgekernel` a test starts dies with the test run (`edgekernel.lifeline`), also
+    when pytest itself is killed and no fixture gets to tear down: a test's child inherits this
+    environment as our own programs give it to theirs (`child_env`)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(PARENT_ENV, str(os.getpid()))
+        yield
 
 
 @pytest.fixture(scope="session")
